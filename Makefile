@@ -1,0 +1,42 @@
+# Koppeltaal Hub — the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+SOURCES := hub tests examples tools bench
+
+.PHONY: install run test lint format bench demo clean
+
+install: $(INSTALLED)
+
+# The virtualenv is rebuilt from the hashed lock whenever the lock or pyproject changes.
+$(INSTALLED): requirements-dev.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+run: install
+	$(BIN)/hub serve
+
+test: lint
+	$(BIN)/pytest -n auto --dist loadgroup
+
+lint: install
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/mypy hub tests examples tools bench
+
+format: install
+	$(BIN)/ruff format $(SOURCES)
+	$(BIN)/ruff check --fix $(SOURCES)
+
+bench: install
+	$(BIN)/python -m bench
+
+demo: install
+	$(BIN)/python -m examples.demo
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

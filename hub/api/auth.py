@@ -1,0 +1,58 @@
+"""Bearer authentication of FHIR requests (SMART backend services access tokens)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+
+from hub.access.policy import Access, Caller, role_scopes
+from hub.access.tokens import InvalidToken, verify_access_token
+from hub.fhir.outcome import FhirError
+from hub.runtime import Runtime
+
+log = logging.getLogger("hub.auth")
+
+
+def unauthorized(error: str = "invalid_token") -> FhirError:
+    # RFC 6750 §3: the challenge names the problem but, per Koppeltaal, stays minimal.
+    return FhirError.single(
+        401,
+        "login",
+        "Authentication required: a valid bearer access token of this domain",
+        headers={"WWW-Authenticate": f'Bearer realm="koppeltaal", error="{error}"'},
+    )
+
+
+def authenticate(runtime: Runtime, request: Request, domain: str) -> Access:
+    """The caller's rights, or 401 for a missing, malformed, expired or foreign token."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise FhirError.single(
+            401,
+            "login",
+            "Authentication required: send Authorization: Bearer <access token>",
+            headers={"WWW-Authenticate": 'Bearer realm="koppeltaal"'},
+        )
+    try:
+        verified = verify_access_token(
+            token.strip(),
+            keys=runtime.keys.verification_keys(),
+            algorithm=runtime.settings.token_algorithm,
+            issuer=runtime.issuer(domain),
+            audience=runtime.fhir_base(domain),
+            now=datetime.now(UTC),
+        )
+    except InvalidToken as exc:
+        log.info("access token refused on %s: %s", domain, exc)
+        raise unauthorized() from exc
+    snapshot = runtime.access.snapshot
+    granted = role_scopes(snapshot, domain, verified.client_id)
+    if granted is None:
+        log.info(
+            "access token of %s refused: no longer registered in %s", verified.client_id, domain
+        )
+        raise unauthorized()
+    return Access(Caller(domain, verified.client_id, verified.scopes), granted)

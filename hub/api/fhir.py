@@ -1,0 +1,327 @@
+"""The FHIR REST endpoints: thin handlers around `hub.interactions`.
+
+Every request follows DESIGN.md §4: trace ids (middleware) → token (401) →
+permission (403) → body (400/422) → the interaction → AuditEvent → response.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC
+from email.utils import format_datetime
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hub import trace
+from hub.api.auth import authenticate
+from hub.api.errors import internal_error
+from hub.api.refusals import audit_refusal, public_exchange
+from hub.api.responses import FHIR_JSON, PLAIN_JSON, FhirResponse, error_response
+from hub.audit.events import Entity
+from hub.fhir.capability import capability_statement
+from hub.fhir.model import is_supported
+from hub.fhir.outcome import FhirError, information, not_found
+from hub.interactions import reads, writes
+from hub.interactions.effects import APPEND_ONLY
+from hub.interactions.exchange import Exchange, Prefer
+from hub.runtime import Runtime
+
+log = logging.getLogger("hub.api")
+
+Operation = Callable[[Exchange], Awaitable[Response]]
+
+_BODY_TYPES = (FHIR_JSON, PLAIN_JSON)
+_FORMATS = {
+    "json": FHIR_JSON,
+    FHIR_JSON: FHIR_JSON,
+    PLAIN_JSON: PLAIN_JSON,
+}
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def response_media_type(request: Request) -> str:
+    """The JSON flavour to answer in: `_format` first, then Accept (406 for anything else)."""
+    requested = request.query_params.get("_format")
+    if requested is not None:
+        media_type = _FORMATS.get(requested.split(";")[0].strip())
+        if media_type is None:
+            raise FhirError.single(
+                406, "not-supported", f"_format {requested!r} is not supported; use json", "_format"
+            )
+        return media_type
+    accept = request.headers.get("accept", "")
+    if not accept.strip():
+        return FHIR_JSON
+    offered = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if FHIR_JSON in offered or "*/*" in offered or "application/*" in offered:
+        return FHIR_JSON
+    if PLAIN_JSON in offered:
+        return PLAIN_JSON
+    raise FhirError.single(
+        406,
+        "not-supported",
+        f"Cannot answer in {accept!r}; this server speaks application/fhir+json",
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body as FHIR JSON (415 for another content type, 413 when too large)."""
+    content_type = request.headers.get("content-type", "")
+    media_type, *parameters = (part.strip().lower() for part in content_type.split(";"))
+    if media_type not in _BODY_TYPES:
+        raise FhirError.single(
+            415,
+            "not-supported",
+            f"Content-Type must be application/fhir+json or application/json, not {content_type!r}",
+        )
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip() == "charset" and value.strip().strip('"') not in ("utf-8", "utf8"):
+            raise FhirError.single(415, "not-supported", "Only UTF-8 request bodies are accepted")
+    return await read_limited(request, limit)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def too_large(limit: int) -> FhirError:
+    return FhirError.single(
+        413, "too-costly", f"The request body exceeds the limit of {limit} bytes"
+    )
+
+
+def _client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+async def perform(
+    request: Request, interaction: str, operation: Operation, *, rtype: str | None = None
+) -> Response:
+    """Run one interaction: authenticate, operate, audit (success or failure), respond."""
+    runtime = runtime_of(request)
+    domain = request.path_params["domain"]
+    if domain not in runtime.access.registry.domains:
+        return error_response(not_found(f"Unknown domain {domain!r}"))
+    exchange = Exchange(
+        runtime=runtime,
+        domain=domain,
+        interaction=interaction,
+        trace=trace.get(),
+        client_address=_client_address(request),
+        rtype=rtype,
+        prefer=Prefer.parse(request.headers.get("prefer")),
+    )
+    media_type = FHIR_JSON
+    try:
+        media_type = response_media_type(request)
+        exchange.access = authenticate(runtime, request, domain)
+        if rtype is not None and not is_supported(rtype):
+            raise not_found(f"Resource type {rtype!r} is not supported by this server")
+        response = await operation(exchange)
+        response.media_type = media_type
+        response.headers["content-type"] = f"{media_type}; charset=utf-8"
+        await exchange.finish(response.status_code)
+        return response
+    except FhirError as error:
+        await exchange.fail(error)
+        return error_response(error, media_type)
+    except Exception:
+        # Audit the failure if the database still lets us; the error middleware answers 500.
+        with contextlib.suppress(Exception):
+            await exchange.fail(internal_error())
+        raise
+
+
+def _resource_headers(version: reads.Found) -> dict[str, str]:
+    return {
+        "ETag": f'W/"{version.version_id}"',
+        "Last-Modified": format_datetime(version.last_updated.replace(tzinfo=UTC), usegmt=True),
+    }
+
+
+def _written(exchange: Exchange, written: writes.Written) -> Response:
+    base = exchange.runtime.fhir_base(exchange.domain)
+    headers = _resource_headers(written)
+    headers["Location"] = f"{base}/{written.rtype}/{written.id}/_history/{written.version_id}"
+    preference = exchange.prefer.return_
+    if preference == "minimal":
+        return FhirResponse(None, written.status, headers)
+    if preference == "OperationOutcome":
+        verb = "created" if written.status == 201 else "updated"
+        return FhirResponse(
+            information(f"{written.rtype}/{written.id} {verb}, version {written.version_id}"),
+            written.status,
+            headers,
+        )
+    return FhirResponse(written.content, written.status, headers)
+
+
+def _found(found: reads.Found) -> Response:
+    return FhirResponse(found.content, 200, _resource_headers(found))
+
+
+# --- handlers ---------------------------------------------------------------------------
+
+
+async def metadata(request: Request) -> Response:
+    runtime = runtime_of(request)
+    domain = request.path_params["domain"]
+    if domain not in runtime.access.registry.domains:
+        return error_response(not_found(f"Unknown domain {domain!r}"))
+    # Public, but a caller that identifies itself is named in the AuditEvent.
+    exchange = public_exchange(request, runtime, domain, "capabilities")
+    try:
+        media_type = response_media_type(request)
+    except FhirError as error:
+        await exchange.fail(error)
+        return error_response(error)
+    statement = capability_statement(
+        runtime.fhir_base(domain), runtime.settings.token_endpoint(domain), runtime.version
+    )
+    await exchange.finish(200)
+    return FhirResponse(statement, 200, media_type=media_type)
+
+
+async def type_endpoint(request: Request) -> Response:
+    rtype = request.path_params["rtype"]
+    if request.method == "POST":
+        return await perform(request, "create", lambda ex: _create(request, ex, rtype), rtype=rtype)
+    params = list(parse_qsl(request.url.query, keep_blank_values=True))
+    return await perform(
+        request,
+        "search-type",
+        lambda ex: _search(ex, rtype, params, request.url.query),
+        rtype=rtype,
+    )
+
+
+async def search_post(request: Request) -> Response:
+    rtype = request.path_params["rtype"]
+
+    async def operation(exchange: Exchange) -> Response:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            raise FhirError.single(
+                415, "not-supported", "POST _search needs application/x-www-form-urlencoded"
+            )
+        body = (await read_limited(request, runtime_of(request).settings.max_body_bytes)).decode()
+        params = list(parse_qsl(request.url.query, keep_blank_values=True))
+        params += parse_qsl(body, keep_blank_values=True)
+        query_string = "&".join(filter(None, (request.url.query, body)))
+        return await _search(exchange, rtype, params, query_string)
+
+    return await perform(request, "search-type", operation, rtype=rtype)
+
+
+async def _search(
+    exchange: Exchange, rtype: str, params: list[tuple[str, str]], query_string: str
+) -> Response:
+    return FhirResponse(await reads.search(exchange, rtype, params, query_string))
+
+
+async def _create(request: Request, exchange: Exchange, rtype: str) -> Response:
+    body = await read_body(request, exchange.runtime.settings.max_body_bytes)
+    return _written(exchange, await writes.create(exchange, rtype, body))
+
+
+async def instance(request: Request) -> Response:
+    rtype, id = request.path_params["rtype"], request.path_params["id"]
+    # Starlette routes HEAD wherever GET is allowed: it is a read, never a delete.
+    if request.method in ("GET", "HEAD"):
+        return await perform(request, "read", lambda ex: _read(ex, rtype, id), rtype=rtype)
+    if request.method == "PUT":
+        return await perform(
+            request, "update", lambda ex: _update(request, ex, rtype, id), rtype=rtype
+        )
+    return await perform(request, "delete", lambda ex: _delete(ex, rtype, id), rtype=rtype)
+
+
+async def _read(exchange: Exchange, rtype: str, id: str) -> Response:
+    return _found(await reads.read(exchange, rtype, id))
+
+
+async def _update(request: Request, exchange: Exchange, rtype: str, id: str) -> Response:
+    if rtype in APPEND_ONLY:
+        raise writes.append_only(rtype)
+    body = await read_body(request, exchange.runtime.settings.max_body_bytes)
+    return _written(
+        exchange, await writes.update(exchange, rtype, id, body, request.headers.get("if-match"))
+    )
+
+
+async def _delete(exchange: Exchange, rtype: str, id: str) -> Response:
+    deleted = await writes.delete(exchange, rtype, id)
+    text = f"{rtype}/{id} deleted" if deleted else f"{rtype}/{id} was already deleted"
+    return FhirResponse(information(text), 200)
+
+
+async def history(request: Request) -> Response:
+    rtype, id = request.path_params["rtype"], request.path_params["id"]
+    params = list(parse_qsl(request.url.query, keep_blank_values=True))
+
+    async def operation(exchange: Exchange) -> Response:
+        return FhirResponse(await reads.history(exchange, rtype, id, params))
+
+    return await perform(request, "history-instance", operation, rtype=rtype)
+
+
+async def vread(request: Request) -> Response:
+    rtype, id, version = (request.path_params[name] for name in ("rtype", "id", "vid"))
+
+    async def operation(exchange: Exchange) -> Response:
+        return _found(await reads.vread(exchange, rtype, id, version))
+
+    return await perform(request, "vread", operation, rtype=rtype)
+
+
+def _append_only_guard(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """PUT and DELETE of an AuditEvent: 405 for everyone, authenticated or not (still audited)."""
+
+    async def guarded(request: Request) -> Response:
+        rtype = request.path_params["rtype"]
+        known = request.path_params["domain"] in runtime_of(request).access.registry.domains
+        if known and request.method in ("PUT", "DELETE") and rtype in APPEND_ONLY:
+            error = writes.append_only(rtype)
+            target = Entity(what=f"{rtype}/{request.path_params['id']}")
+            await audit_refusal(request, error, entities=[target])
+            return error_response(error)
+        return await handler(request)
+
+    return guarded
+
+
+routes = [
+    Route("/{domain}/fhir/metadata", metadata, methods=["GET"]),
+    Route("/{domain}/fhir/{rtype}/_search", search_post, methods=["POST"]),
+    Route("/{domain}/fhir/{rtype}/{id}/_history/{vid}", vread, methods=["GET"]),
+    Route("/{domain}/fhir/{rtype}/{id}/_history", history, methods=["GET"]),
+    Route(
+        "/{domain}/fhir/{rtype}/{id}",
+        _append_only_guard(instance),
+        methods=["GET", "PUT", "DELETE"],
+    ),
+    Route("/{domain}/fhir/{rtype}", type_endpoint, methods=["GET", "POST"]),
+]

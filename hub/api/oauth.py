@@ -1,0 +1,137 @@
+"""SMART backend services: the token endpoint, the hub's JWKS and SMART discovery."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hub.access.assertion import ASSERTION_ALGORITHMS, OAuthError
+from hub.access.tokens import exchange
+from hub.api.fhir import read_limited
+from hub.fhir.outcome import FhirError
+from hub.fhir.search_params import SUPPORTED_TYPES
+from hub.runtime import Runtime
+from hub.store.assertions import remember_jti
+
+log = logging.getLogger("hub.oauth")
+
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _runtime(request: Request) -> tuple[Runtime, str] | None:
+    runtime: Runtime = request.app.state.runtime
+    domain = request.path_params["domain"]
+    if domain not in runtime.access.registry.domains:
+        return None
+    return runtime, domain
+
+
+def _oauth_error(error: OAuthError) -> Response:
+    return JSONResponse(error.to_json(), error.status, headers={**_NO_STORE, **error.headers})
+
+
+async def _read_form(request: Request, limit: int) -> dict[str, str]:
+    """The form fields, read within the hub's body limit: this endpoint takes no token."""
+    try:
+        body = await read_limited(request, limit)
+    except FhirError as exc:
+        raise OAuthError(
+            "invalid_request", 413, "body too large", "the token request is too large"
+        ) from exc
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=50)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise OAuthError("invalid_request", 400, f"unreadable form: {exc}") from exc
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        # RFC 6749 §3.2: request parameters MUST NOT be included more than once.
+        raise OAuthError("invalid_request", 400, "a parameter appears twice")
+    return fields
+
+
+async def token(request: Request) -> Response:
+    found = _runtime(request)
+    if found is None:
+        return JSONResponse(
+            {"error": "invalid_request", "error_description": "unknown domain"}, 404
+        )
+    runtime, domain = found
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        return _oauth_error(
+            OAuthError(
+                "invalid_request",
+                400,
+                f"content type {content_type!r}",
+                "the token request must be application/x-www-form-urlencoded",
+            )
+        )
+    try:
+        fields = await _read_form(request, runtime.settings.max_body_bytes)
+    except OAuthError as error:
+        return _oauth_error(error)
+    snapshot = runtime.access.snapshot
+
+    async def remember(client_id: str, jti: str, expires_at: datetime) -> bool:
+        async with runtime.database.write() as session:
+            return await remember_jti(session, domain, client_id, jti, expires_at)
+
+    try:
+        body = await exchange(
+            fields,
+            domain=snapshot.registry.domains[domain],
+            matrix=snapshot.matrix,
+            token_url=runtime.settings.token_endpoint(domain),
+            signing_key=runtime.keys.current_key(),
+            issuer=runtime.issuer(domain),
+            audience=runtime.fhir_base(domain),
+            lifetime=runtime.settings.access_token_lifetime,
+            keys_for=runtime.jwks.keys_for,
+            remember_jti=remember,
+            now=datetime.now(UTC),
+        )
+    except OAuthError as error:
+        # The client hears the RFC 6749 code; the reason is for the operator only.
+        log.warning("token request refused in %s: %s (%s)", domain, error.error, error.log_detail)
+        return _oauth_error(error)
+    return JSONResponse(body, 200, headers=_NO_STORE)
+
+
+async def jwks(request: Request) -> Response:
+    found = _runtime(request)
+    if found is None:
+        return JSONResponse({"error": "unknown domain"}, 404)
+    runtime, _ = found
+    return JSONResponse(runtime.keys.public_jwks(), headers={"Cache-Control": "max-age=300"})
+
+
+async def smart_configuration(request: Request) -> Response:
+    found = _runtime(request)
+    if found is None:
+        return JSONResponse({"error": "unknown domain"}, 404)
+    runtime, domain = found
+    base = runtime.settings.public_url
+    return JSONResponse(
+        {
+            "issuer": runtime.issuer(domain),
+            "jwks_uri": f"{base}/{domain}/oauth2/jwks",
+            "token_endpoint": runtime.settings.token_endpoint(domain),
+            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+            "grant_types_supported": ["client_credentials"],
+            "scopes_supported": [f"system/{rtype}.cruds" for rtype in SUPPORTED_TYPES],
+            "capabilities": ["client-confidential-asymmetric", "permission-v2"],
+        }
+    )
+
+
+routes = [
+    Route("/{domain}/oauth2/token", token, methods=["POST"]),
+    Route("/{domain}/oauth2/jwks", jwks, methods=["GET"]),
+    Route("/{domain}/fhir/.well-known/smart-configuration", smart_configuration, methods=["GET"]),
+]

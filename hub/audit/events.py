@@ -1,0 +1,215 @@
+"""KT2AuditEvent builders: the REST events of every interaction and `transmit` events.
+
+Pure functions: they take what happened and return the AuditEvent as a dict,
+ready to be stored. Codes and shapes follow the Koppeltaal facts (AuditEvent).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from hub.fhir.bundle import format_instant
+from hub.fhir.origin import RESOURCE_ORIGIN
+from hub.trace import TraceIds
+
+KT2_AUDIT_PROFILE = "http://koppeltaal.nl/fhir/StructureDefinition/KT2AuditEvent"
+TRACE_ID_EXTENSION = "http://koppeltaal.nl/fhir/StructureDefinition/trace-id"
+REQUEST_ID_EXTENSION = "http://koppeltaal.nl/fhir/StructureDefinition/request-id"
+CORRELATION_ID_EXTENSION = "http://koppeltaal.nl/fhir/StructureDefinition/correlation-id"
+
+AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+LIFECYCLE = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+
+# restful-interaction code → AuditEvent.action (Koppeltaal facts).
+ACTIONS = {
+    "create": "C",
+    "read": "R",
+    "vread": "R",
+    "history-instance": "R",
+    "capabilities": "R",
+    "update": "U",
+    "delete": "D",
+    "search-type": "E",
+    "patch": "U",
+    "operation": "E",
+}
+
+SOURCE_ROLE = {"system": DCM, "code": "110153", "display": "Source Role ID"}
+DESTINATION_ROLE = {"system": DCM, "code": "110152", "display": "Destination Role ID"}
+
+
+def outcome_code(status: int) -> str:
+    """AuditEvent.outcome for an HTTP status: 0 success, 4 minor (4xx), 8 serious (5xx)."""
+    if status < 400:
+        return "0"
+    return "4" if status < 500 else "8"
+
+
+@dataclass(frozen=True)
+class Entity:
+    """Something an interaction touched: `Type/id/_history/n`, or a search query."""
+
+    what: str | None = None
+    query: str | None = None
+    role: str | None = None  # object-role code, e.g. "24" Query, "9" Subscriber
+    detail: tuple[tuple[str, str], ...] = ()  # (type, valueString) facts about the entity
+
+    def to_json(self) -> dict[str, Any]:
+        entity: dict[str, Any] = {}
+        if self.what is not None:
+            entity["what"] = {"reference": self.what}
+            entity["type"] = {"system": ENTITY_TYPE, "code": "2", "display": "System Object"}
+        if self.role is not None:
+            entity["role"] = {"system": OBJECT_ROLE, "code": self.role}
+        if self.query is not None:
+            entity["query"] = base64.b64encode(self.query.encode("utf-8")).decode("ascii")
+        if self.detail:
+            entity["detail"] = [{"type": kind, "valueString": value} for kind, value in self.detail]
+        return entity
+
+
+def query_entity(query_string: str) -> Entity:
+    return Entity(query=query_string, role="24")
+
+
+def _extensions(trace: TraceIds, hub_device: str) -> list[dict[str, Any]]:
+    extensions: list[dict[str, Any]] = [
+        {"url": TRACE_ID_EXTENSION, "valueId": trace.trace_id},
+        {"url": REQUEST_ID_EXTENSION, "valueId": trace.request_id},
+    ]
+    if trace.correlation_id:
+        extensions.append({"url": CORRELATION_ID_EXTENSION, "valueId": trace.correlation_id})
+    extensions.append(
+        {"url": RESOURCE_ORIGIN, "valueReference": {"reference": f"Device/{hub_device}"}}
+    )
+    return extensions
+
+
+def _source(hub_device: str, site: str) -> dict[str, Any]:
+    return {
+        "site": site,
+        "observer": {"reference": f"Device/{hub_device}"},
+        "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}],
+    }
+
+
+def _agent(
+    role: dict[str, str],
+    *,
+    device: str | None,
+    requestor: bool,
+    address: str | None = None,
+    address_type: str = "2",
+) -> dict[str, Any]:
+    agent: dict[str, Any] = {"type": {"coding": [role]}}
+    if device is not None:
+        agent["who"] = {"reference": f"Device/{device}"}
+    agent["requestor"] = requestor
+    if address:
+        agent["network"] = {"address": address, "type": address_type}
+    return agent
+
+
+def _with_outcome(event: dict[str, Any], status: int, description: str | None) -> dict[str, Any]:
+    event["outcome"] = outcome_code(status)
+    if description and event["outcome"] != "0":
+        event["outcomeDesc"] = description
+    return event
+
+
+def rest_event(
+    *,
+    interaction: str,
+    status: int,
+    outcome_description: str | None,
+    caller_device: str | None,
+    client_address: str | None,
+    hub_device: str,
+    site: str,
+    trace: TraceIds,
+    entities: Sequence[Entity],
+    recorded: datetime,
+) -> dict[str, Any]:
+    """The AuditEvent of one REST interaction; `caller_device` None = unauthenticated."""
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "meta": {"profile": [KT2_AUDIT_PROFILE]},
+        "extension": _extensions(trace, hub_device),
+        "type": {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"},
+        "subtype": [{"system": RESTFUL_INTERACTION, "code": interaction}],
+        "action": ACTIONS[interaction],
+        "recorded": format_instant(recorded),
+    }
+    _with_outcome(event, status, outcome_description)
+    event["agent"] = [
+        _agent(SOURCE_ROLE, device=caller_device, requestor=True, address=client_address),
+        _agent(DESTINATION_ROLE, device=hub_device, requestor=False),
+    ]
+    event["source"] = _source(hub_device, site)
+    if entities:
+        event["entity"] = [entity.to_json() for entity in entities]
+    return event
+
+
+def transmit_event(
+    *,
+    success: bool,
+    outcome_description: str | None,
+    source_device: str | None,
+    destination_device: str | None,
+    destination: str,
+    resource_version: str,
+    subscription: tuple[str, str] | None,
+    hub_device: str,
+    site: str,
+    trace: TraceIds,
+    recorded: datetime,
+) -> dict[str, Any]:
+    """The `transmit` AuditEvent of one notification attempt (success or failure).
+
+    `destination` is the webhook endpoint (or `mailto:` address of a patient e-mail);
+    `subscription` the (id, criteria) of the Subscription that caused a webhook.
+    """
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "meta": {"profile": [KT2_AUDIT_PROFILE]},
+        "extension": _extensions(trace, hub_device),
+        "type": {
+            "system": LIFECYCLE,
+            "code": "transmit",
+            "display": "Transmit Record Lifecycle Event",
+        },
+        "action": "E",
+        "recorded": format_instant(recorded),
+        "outcome": "0" if success else "4",
+    }
+    if not success and outcome_description:
+        event["outcomeDesc"] = outcome_description
+    event["agent"] = [
+        _agent(SOURCE_ROLE, device=source_device, requestor=True),
+        _agent(
+            DESTINATION_ROLE,
+            device=destination_device,
+            requestor=False,
+            address=destination,
+            address_type="5",
+        ),
+    ]
+    event["source"] = _source(hub_device, site)
+    entities = [Entity(what=resource_version).to_json()]
+    if subscription is not None:
+        subscription_id, criteria = subscription
+        entities.append(
+            Entity(what=f"Subscription/{subscription_id}", query=criteria, role="9").to_json()
+        )
+    event["entity"] = entities
+    return event

@@ -1,0 +1,94 @@
+"""Group commit for the AuditEvents of reads and refused requests.
+
+Koppeltaal wants every read audited before its response leaves. One write
+transaction per read would serialise all reads behind the database's commit
+latency; instead, events that arrive while a commit is in flight are stored
+together in the next transaction. Each caller still waits until ITS event is
+committed, and gets the exception if storing failed (the request then fails
+with 500: no unaudited access).
+
+Each event is serialised and indexed in its caller's task (`prepare`), so a
+flush holds the write connection only for the statements, and the waiters are
+released the moment the transaction commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit.store import Prepared, prepare, store_prepared
+from hub.store.db import Database
+
+log = logging.getLogger("hub.audit")
+
+MAX_BATCH = 200
+
+
+@dataclass
+class _Pending:
+    event: Prepared
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class AuditWriter:
+    def __init__(
+        self,
+        database: Database,
+        chain_key: bytes,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC).replace(tzinfo=None),
+    ) -> None:
+        self._database = database
+        self._chain_key = chain_key
+        self._clock = clock
+        self._queue: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def record(self, domain: str, event: dict[str, Any]) -> None:
+        """Store `event`; returns once it is committed."""
+        # Serialised and indexed here, in the caller's task, so a flush holds the
+        # database only for the statements.
+        pending = _Pending(prepare(domain, event, self._clock()))
+        self._queue.append(pending)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_all())
+        # shield: a client disconnecting must not cancel the batch others wait on.
+        await asyncio.shield(pending.done)
+
+    async def _flush_all(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            try:
+                async with AsyncSession(self._database.write_engine) as session:
+                    async with session.begin():
+                        await store_prepared(
+                            session, [pending.event for pending in batch], chain_key=self._chain_key
+                        )
+                    # Committed: release the waiters before the connection is handed back.
+                    _settle(batch, None)
+            except Exception as exc:
+                log.exception("storing %d AuditEvent(s) failed", len(batch))
+                _settle(batch, exc)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+
+def _settle(batch: list[_Pending], failure: Exception | None) -> None:
+    for pending in batch:
+        if pending.done.done():
+            continue
+        if failure is None:
+            pending.done.set_result(None)
+        else:
+            pending.done.set_exception(failure)

@@ -1,0 +1,91 @@
+"""OperationOutcome: the shape of every error the hub returns.
+
+`FhirError` carries an HTTP status and one or more `Issue`s; the API layer turns
+it into an `OperationOutcome` body. Raising it anywhere below the API aborts the
+interaction (and its transaction) with a clear, located message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["fatal", "error", "warning", "information"]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One OperationOutcome.issue: what went wrong (`code`, `diagnostics`) and where."""
+
+    code: str
+    diagnostics: str
+    expression: tuple[str, ...] = ()
+    severity: Severity = "error"
+
+    def to_json(self) -> dict[str, Any]:
+        issue: dict[str, Any] = {
+            "severity": self.severity,
+            "code": self.code,
+            "diagnostics": self.diagnostics,
+        }
+        if self.expression:
+            issue["expression"] = list(self.expression)
+        return issue
+
+
+@dataclass
+class FhirError(Exception):
+    """An error answered with `status` and an OperationOutcome of `issues`."""
+
+    status: int
+    issues: Sequence[Issue]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.text)
+
+    @classmethod
+    def single(
+        cls,
+        status: int,
+        code: str,
+        diagnostics: str,
+        *expression: str,
+        headers: dict[str, str] | None = None,
+    ) -> FhirError:
+        return cls(status, [Issue(code, diagnostics, tuple(expression))], headers or {})
+
+    @property
+    def text(self) -> str:
+        """The diagnostics joined into one line (used for AuditEvent.outcomeDesc)."""
+        return "; ".join(issue.diagnostics for issue in self.issues)
+
+    def outcome(self) -> dict[str, Any]:
+        return operation_outcome(self.issues)
+
+
+def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:
+    return {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]}
+
+
+def information(diagnostics: str) -> dict[str, Any]:
+    """An OperationOutcome that reports success (for `Prefer: return=OperationOutcome`)."""
+    return operation_outcome([Issue("informational", diagnostics, severity="information")])
+
+
+# Shorthands for the status codes of DESIGN.md §4, so call sites read as intent.
+def bad_request(diagnostics: str, *expression: str, code: str = "invalid") -> FhirError:
+    return FhirError.single(400, code, diagnostics, *expression)
+
+
+def not_found(diagnostics: str) -> FhirError:
+    return FhirError.single(404, "not-found", diagnostics)
+
+
+def forbidden(diagnostics: str = "Access denied") -> FhirError:
+    return FhirError.single(403, "forbidden", diagnostics)
+
+
+def unprocessable(diagnostics: str, *expression: str, code: str = "business-rule") -> FhirError:
+    return FhirError.single(422, code, diagnostics, *expression)

@@ -1,0 +1,401 @@
+"""FHIR search parameters parsed into one `Query`, for SQL search and subscription matching.
+
+A `Query` is an AND of `Clause`s, one per parameter occurrence; the values of
+one clause (comma-separated) are OR-ed. A chained clause
+(`instantiates.publisherId=x`) carries the target type and an inner clause that
+the referenced resource must satisfy. Result controls (`_count`, `_sort`,
+`_total`, `_summary`, `_cursor`) sit beside the clauses; `_format` is ignored.
+
+Every mistake is a 400 whose OperationOutcome names the parameter. In lenient
+mode (ordinary searches) unknown parameters and modifiers are ignored and
+listed in `Query.unknown`; strict mode (Subscription.criteria) refuses them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, cast
+from urllib.parse import parse_qsl
+
+from hub.fhir.extract import MAX_CODE, MAX_URL, clip, date_range, normalize, reference_row
+from hub.fhir.outcome import bad_request
+from hub.fhir.search_params import SUPPORTED_TYPES, SearchParam, params_for
+
+Prefix = Literal["eq", "ne", "lt", "le", "gt", "ge", "sa", "eb"]
+Total = Literal["none", "estimate", "accurate"]
+
+_PREFIXES = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "sa", "eb"})
+_MODIFIERS: dict[str, frozenset[str]] = {
+    "token": frozenset({"missing", "not", "text"}),
+    "string": frozenset({"missing", "exact", "contains"}),
+    "reference": frozenset({"missing"}),
+    "date": frozenset({"missing"}),
+    "uri": frozenset({"missing", "below", "above"}),
+}
+_COLUMN_MODIFIERS = {"_id": frozenset({"not"}), "_lastUpdated": frozenset[str]()}
+# Modifiers FHIR R4 defines: outside this set a modifier is simply unknown.
+_FHIR_MODIFIERS = frozenset(
+    {"missing", "exact", "contains", "not", "text", "in", "not-in", "below", "above",
+     "identifier", "ofType", "iterate", "type"}
+)  # fmt: skip
+_CONTROLS = frozenset({"_count", "_sort", "_total", "_summary", "_cursor", "_format"})
+_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]+")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+@dataclass(frozen=True)
+class TokenValue:
+    """`[system|]code`: system None = any system, "" = no system; code None = any code."""
+
+    system: str | None
+    code: str | None
+
+
+@dataclass(frozen=True)
+class TextValue:
+    """A string to compare (string parameters, token `:text`); `norm` as `normalize()`."""
+
+    text: str
+    norm: str
+
+
+@dataclass(frozen=True)
+class ReferenceValue:
+    """`Type/id`, a bare id (type None), or an absolute URL (`url`, plus type/id if any)."""
+
+    ref_type: str | None
+    ref_id: str | None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class DateValue:
+    """A prefixed date: the UTC range `[low, high)` its precision covers."""
+
+    prefix: Prefix
+    low: datetime
+    high: datetime
+
+
+@dataclass(frozen=True)
+class UriValue:
+    value: str
+
+
+@dataclass(frozen=True)
+class MissingValue:
+    missing: bool
+
+
+Value = TokenValue | TextValue | ReferenceValue | DateValue | UriValue | MissingValue
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One parameter occurrence: its values are OR-ed.
+
+    `modifier` is a modifier name, or for references a resource type
+    (`subject:Patient`). A chained clause has no values of its own: `chain` is
+    the clause the referenced `target_type` resource must satisfy.
+    """
+
+    param: SearchParam
+    modifier: str | None
+    values: tuple[Value, ...]
+    raw: tuple[str, ...]
+    target_type: str | None = None
+    chain: Clause | None = None
+
+    @property
+    def name(self) -> str:
+        name = self.param.code + (f":{self.modifier}" if self.modifier else "")
+        return f"{name}.{self.chain.name}" if self.chain else name
+
+    @property
+    def innermost(self) -> Clause:
+        return self.chain.innermost if self.chain else self
+
+
+@dataclass(frozen=True)
+class SortKey:
+    code: str  # `_id`, `_lastUpdated` or a date parameter
+    descending: bool = False
+
+
+@dataclass(frozen=True)
+class Query:
+    resource_type: str
+    clauses: tuple[Clause, ...] = ()
+    unknown: tuple[str, ...] = ()
+    count: int | None = None
+    sort: tuple[SortKey, ...] = ()
+    total: Total | None = None
+    summary: Literal["count"] | None = None
+    cursor: str | None = None
+
+    def canonical_params(self) -> list[tuple[str, str]]:
+        """The query as `(name, value)` pairs, escaped, without `_cursor`.
+
+        For self links and echoing Subscription.criteria; paging links add
+        their own `_cursor`.
+        """
+        pairs = [(clause.name, ",".join(clause.innermost.raw)) for clause in self.clauses]
+        if self.sort:
+            keys = ",".join(("-" if key.descending else "") + key.code for key in self.sort)
+            pairs.append(("_sort", keys))
+        if self.count is not None:
+            pairs.append(("_count", str(self.count)))
+        if self.total is not None:
+            pairs.append(("_total", self.total))
+        if self.summary is not None:
+            pairs.append(("_summary", self.summary))
+        return pairs
+
+
+def split_escaped(text: str, separator: str, *, limit: int = -1) -> list[str]:
+    """Split on `separator` where it is not escaped with a backslash (escapes are kept)."""
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            current.append(char + next(chars, ""))
+        elif char == separator and limit != len(parts):
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def unescape(text: str) -> str:
+    r"""Undo `\,` `\$` `\|` `\\` (other backslashes stay as they are)."""
+    return re.sub(r"\\([,$|\\])", r"\1", text)
+
+
+def parse_criteria(criteria: str) -> Query:
+    """Parse a Subscription.criteria `Type?query` (always strict)."""
+    resource_type, _, query_string = criteria.strip().partition("?")
+    try:
+        pairs = parse_qsl(query_string, keep_blank_values=True, strict_parsing=bool(query_string))
+    except ValueError as error:
+        raise bad_request(f"Malformed criteria query: {error}", "Subscription.criteria") from None
+    if resource_type not in SUPPORTED_TYPES:
+        raise bad_request(
+            f"Criteria must start with a supported resource type, not {resource_type!r}",
+            "Subscription.criteria",
+        )
+    return parse_search(resource_type, pairs, strict=True)
+
+
+def parse_search(
+    resource_type: str, params: Sequence[tuple[str, str]], *, strict: bool = False
+) -> Query:
+    """Parse search parameters `params` of `resource_type` into a `Query` (400 on errors)."""
+    if resource_type not in SUPPORTED_TYPES:
+        raise bad_request(f"Resource type {resource_type!r} is not supported")
+    clauses: list[Clause] = []
+    unknown: list[str] = []
+    controls: dict[str, str] = {}
+    for name, value in params:
+        if name in _CONTROLS:
+            if name in controls:
+                raise bad_request(f"Parameter {name} may be given only once", name)
+            controls[name] = value
+            continue
+        if value == "":
+            continue  # An empty parameter value is ignored, as by most FHIR servers.
+        clause = _parse_clause(resource_type, name, value, strict=strict)
+        if clause is None:
+            unknown.append(name)
+        else:
+            clauses.append(clause)
+    return Query(
+        resource_type=resource_type,
+        clauses=tuple(clauses),
+        unknown=tuple(unknown),
+        count=_parse_count(controls.get("_count")),
+        sort=_parse_sort(resource_type, controls.get("_sort")),
+        total=_parse_total(controls.get("_total")),
+        summary=_parse_summary(controls.get("_summary")),
+        cursor=controls.get("_cursor") or None,
+    )
+
+
+def _parse_clause(resource_type: str, name: str, value: str, *, strict: bool) -> Clause | None:
+    head, dot, chained = name.partition(".")
+    code, _, modifier = head.partition(":")
+    param = params_for(resource_type).get(code)
+    if param is None:
+        if strict:
+            raise bad_request(f"Unknown search parameter {code!r} for {resource_type}", name)
+        return None
+    if dot:
+        return _parse_chain(param, modifier or None, chained, value, name, strict=strict)
+    if modifier and not _modifier_allowed(param, modifier, name, strict=strict):
+        return None
+    return _clause(param, modifier or None, value, name)
+
+
+def _modifier_allowed(param: SearchParam, modifier: str, name: str, *, strict: bool) -> bool:
+    """Whether to use the clause; False = unknown modifier, ignored in lenient mode."""
+    allowed = _COLUMN_MODIFIERS.get(param.code, _MODIFIERS[param.type])
+    if modifier in allowed:
+        return True
+    if _TYPE_NAME.fullmatch(modifier) and param.type == "reference":
+        if param.targets and modifier not in param.targets:
+            raise bad_request(f"{param.code} cannot refer to a {modifier}", name)
+        return True
+    if modifier in _FHIR_MODIFIERS or _TYPE_NAME.fullmatch(modifier):
+        raise bad_request(
+            f"Modifier :{modifier} is not supported for {param.type} parameter {param.code}", name
+        )
+    if strict:
+        raise bad_request(f"Unknown modifier :{modifier} on {param.code}", name)
+    return False
+
+
+def _parse_chain(
+    param: SearchParam, modifier: str | None, chained: str, value: str, name: str, *, strict: bool
+) -> Clause | None:
+    if param.type != "reference":
+        raise bad_request(f"Only reference parameters can be chained, not {param.code}", name)
+    if "." in chained:
+        raise bad_request("Only one level of chaining is supported", name)
+    if modifier is not None and not _TYPE_NAME.fullmatch(modifier):
+        raise bad_request(f"Modifier :{modifier} cannot be used in a chain", name)
+    inner_code, _, inner_modifier = chained.partition(":")
+    candidates = [modifier] if modifier else list(param.targets)
+    targets = [t for t in candidates if t in SUPPORTED_TYPES and inner_code in params_for(t)]
+    if not targets:
+        raise bad_request(f"No target of {param.code} has a search parameter {inner_code}", name)
+    if len(targets) > 1:
+        raise bad_request(
+            f"{param.code}.{inner_code} is ambiguous: say which type, e.g. "
+            f"{param.code}:{targets[0]}.{inner_code}",
+            name,
+        )
+    inner_param = params_for(targets[0])[inner_code]
+    if inner_param.column:
+        raise bad_request(f"{inner_code} cannot be used in a chain", name)
+    if inner_modifier and not _modifier_allowed(inner_param, inner_modifier, name, strict=strict):
+        return None
+    inner = _clause(inner_param, inner_modifier or None, value, name)
+    return Clause(param, modifier, (), (), target_type=targets[0], chain=inner)
+
+
+def _clause(param: SearchParam, modifier: str | None, value: str, name: str) -> Clause:
+    raw = tuple(part for part in split_escaped(value, ",") if part != "")
+    if not raw:
+        raise bad_request(f"Parameter {name} has no value", name)
+    if modifier == "missing":
+        if raw not in (("true",), ("false",)):
+            raise bad_request(f"{name} must be true or false", name)
+        return Clause(param, modifier, (MissingValue(raw[0] == "true"),), raw)
+    if param.type == "date":
+        raw = tuple(_restore_plus(part) for part in raw)
+    values = tuple(_value(param, modifier, part, name) for part in raw)
+    return Clause(param, modifier, values, raw)
+
+
+def _value(param: SearchParam, modifier: str | None, raw: str, name: str) -> Value:
+    if param.type == "token" and modifier != "text":
+        parts = split_escaped(raw, "|", limit=1)
+        if param.column is not None:
+            return TokenValue(None, unescape(raw))
+        if len(parts) == 1:
+            return TokenValue(None, clip(unescape(raw), MAX_CODE))
+        system, code = (unescape(part) for part in parts)
+        if not system and not code:
+            raise bad_request(f"{name}: '|' needs a system or a code", name)
+        return TokenValue(clip(system, MAX_CODE) or "", clip(code, MAX_CODE))
+    if param.type in ("token", "string"):
+        text = unescape(raw)
+        return TextValue(text, normalize(text))
+    if param.type == "uri":
+        return UriValue(unescape(raw)[:MAX_URL])
+    if param.type == "date":
+        return _date_value(raw, name)
+    return _reference_value(param, modifier, unescape(raw), name)
+
+
+def _restore_plus(raw: str) -> str:
+    # An unencoded `+` in a query string arrives as a space: `…T10:00:00 01:00`.
+    return re.sub(r"(T[\d:.]+) (\d{2}:\d{2})$", r"\1+\2", raw)
+
+
+def _date_value(raw: str, name: str) -> DateValue:
+    prefix, text = ("eq", raw)
+    if raw[:2].isalpha():
+        prefix, text = raw[:2], raw[2:]
+        if prefix == "ap":
+            raise bad_request(f"{name}: the prefix ap (approximately) is not supported", name)
+        if prefix not in _PREFIXES:
+            raise bad_request(f"{name}: unknown prefix {prefix!r}", name)
+    found = date_range(text)
+    if found is None:
+        raise bad_request(
+            f"{name}: malformed date {text!r} (use YYYY, YYYY-MM, YYYY-MM-DD or "
+            "YYYY-MM-DDThh:mm[:ss[.fff]][Z|+hh:mm])",
+            name,
+        )
+    return DateValue(cast(Prefix, prefix), *found)
+
+
+def _reference_value(
+    param: SearchParam, modifier: str | None, text: str, name: str
+) -> ReferenceValue:
+    if _ID.fullmatch(text):
+        return ReferenceValue(modifier, text)
+    row = reference_row(param.code, text)
+    if row is None:
+        raise bad_request(f"{name}: {text!r} is not a reference (Type/id, id or URL)", name)
+    if row.url is None and modifier and row.ref_type != modifier:
+        raise bad_request(f"{name}: {text!r} is not a {modifier} reference", name)
+    return ReferenceValue(row.ref_type, row.ref_id, row.url)
+
+
+def _parse_count(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise bad_request(f"_count must be a non-negative integer, not {value!r}", "_count")
+    return int(value)
+
+
+def _parse_sort(resource_type: str, value: str | None) -> tuple[SortKey, ...]:
+    if not value:
+        return ()
+    params = params_for(resource_type)
+    keys: list[SortKey] = []
+    for item in value.split(","):
+        code = item.removeprefix("-")
+        param = params.get(code)
+        if param is None or (param.type != "date" and code != "_id"):
+            raise bad_request(
+                f"Cannot sort on {code!r}: use _id, _lastUpdated or a date parameter", "_sort"
+            )
+        if any(key.code == code for key in keys):
+            raise bad_request(f"_sort names {code} twice", "_sort")
+        keys.append(SortKey(code, item.startswith("-")))
+    return tuple(keys)
+
+
+def _parse_total(value: str | None) -> Total | None:
+    if value is None:
+        return None
+    if value not in ("none", "estimate", "accurate"):
+        raise bad_request(f"_total must be none, estimate or accurate, not {value!r}", "_total")
+    return cast(Total, value)
+
+
+def _parse_summary(value: str | None) -> Literal["count"] | None:
+    if value is None or value == "false":
+        return None
+    if value != "count":
+        raise bad_request(f"_summary supports only count (or false), not {value!r}", "_summary")
+    return "count"

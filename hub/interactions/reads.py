@@ -1,0 +1,192 @@
+"""Read interactions: read, vread, instance history and search.
+
+Permission is checked against the STORED resource's origin; search narrows in
+SQL to the origins the caller may read, so totals and paging never count what
+the caller cannot see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlencode
+
+from hub.audit.events import Entity, query_entity
+from hub.fhir import jsonio
+from hub.fhir.bundle import Entry, bundle, format_instant
+from hub.fhir.outcome import FhirError, Issue, bad_request, forbidden, not_found, operation_outcome
+from hub.fhir.query import Query, parse_search
+from hub.interactions.exchange import Exchange
+from hub.store import resources
+from hub.store.search import search as run_search
+from hub.store.tables import StoredResource
+
+
+@dataclass(frozen=True)
+class Found:
+    """A resource version to return, with what the HTTP headers need."""
+
+    rtype: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    content: str
+
+
+def gone(rtype: str, id: str) -> FhirError:
+    return FhirError.single(410, "deleted", f"{rtype}/{id} has been deleted")
+
+
+def _version_entity(rtype: str, id: str, version_id: int) -> Entity:
+    return Entity(what=f"{rtype}/{id}/_history/{version_id}")
+
+
+async def _readable_current(exchange: Exchange, rtype: str, id: str) -> StoredResource:
+    access = exchange.authorised()
+    exchange.entities = [Entity(what=f"{rtype}/{id}")]
+    async with exchange.runtime.database.read() as session:
+        row = await resources.current(session, exchange.domain, rtype, id)
+    if row is None:
+        raise not_found(f"{rtype}/{id} does not exist")
+    if not access.allows("read", rtype, row.origin):
+        raise forbidden()
+    return row
+
+
+async def read(exchange: Exchange, rtype: str, id: str) -> Found:
+    row = await _readable_current(exchange, rtype, id)
+    if row.deleted:
+        raise gone(rtype, id)
+    exchange.entities = [_version_entity(rtype, id, row.version_id)]
+    return Found(rtype, id, row.version_id, row.last_updated, row.content)
+
+
+async def vread(exchange: Exchange, rtype: str, id: str, version: str) -> Found:
+    if not version.isdigit():
+        raise not_found(f"{rtype}/{id} has no version {version!r}")
+    row = await _readable_current(exchange, rtype, id)
+    async with exchange.runtime.database.read() as session:
+        found = await resources.version(session, exchange.domain, rtype, id, int(version))
+    if found is None:
+        raise not_found(f"{rtype}/{id} has no version {version}")
+    stored_version = found[1]
+    exchange.entities = [_version_entity(rtype, id, stored_version.version_id)]
+    if stored_version.deleted:
+        raise gone(rtype, f"{id}/_history/{version}")
+    assert row.pk == stored_version.resource_pk
+    return Found(
+        rtype, id, stored_version.version_id, stored_version.last_updated, stored_version.content
+    )
+
+
+async def history(
+    exchange: Exchange, rtype: str, id: str, params: Sequence[tuple[str, str]]
+) -> str:
+    """The instance history Bundle, newest first, paged by `_count` and `_cursor`."""
+    settings = exchange.runtime.settings
+    controls = dict(params)
+    try:
+        count = min(int(controls.get("_count", settings.default_page_size)), settings.max_page_size)
+    except ValueError:
+        raise bad_request("_count must be a whole number", "_count") from None
+    try:
+        before = int(controls["_cursor"]) if "_cursor" in controls else None
+    except ValueError:
+        raise bad_request("_cursor must be a whole number", "_cursor") from None
+    if count < 1:
+        raise bad_request("_count must be at least 1", "_count")
+    row = await _readable_current(exchange, rtype, id)
+    async with exchange.runtime.database.read() as session:
+        versions = await resources.history(session, row, count=count + 1, before_version=before)
+    page, more = versions[:count], len(versions) > count
+    base = exchange.runtime.fhir_base(exchange.domain)
+    url = f"{base}/{rtype}/{id}/_history"
+    exchange.entities = [_version_entity(rtype, id, v.version_id) for v in page]
+    entries = [
+        Entry(
+            full_url=f"{base}/{rtype}/{id}",
+            resource_json=None if v.deleted else v.content,
+            request_method=v.method,
+            request_url=f"{rtype}/{id}" if v.method != "POST" else rtype,
+            response_status={"POST": "201", "DELETE": "204"}.get(v.method, "200"),
+            response_etag=f'W/"{v.version_id}"',
+            response_last_modified=format_instant(v.last_updated),
+        )
+        for v in page
+    ]
+    links = [("self", f"{url}?{urlencode(params)}" if params else url)]
+    if more:
+        links.append(
+            ("next", f"{url}?{urlencode({'_count': count, '_cursor': page[-1].version_id})}")
+        )
+    return bundle("history", entries, total=None, links=links)
+
+
+def search_query(exchange: Exchange, rtype: str, params: Sequence[tuple[str, str]]) -> Query:
+    return parse_search(rtype, params, strict=exchange.prefer.strict)
+
+
+def _page_url(base: str, query: Query, cursor: str | None) -> str:
+    pairs = query.canonical_params()
+    if cursor:
+        pairs.append(("_cursor", cursor))
+    return (
+        f"{base}/{query.resource_type}?{urlencode(pairs)}"
+        if pairs
+        else f"{base}/{query.resource_type}"
+    )
+
+
+async def search(
+    exchange: Exchange, rtype: str, params: Sequence[tuple[str, str]], query_string: str
+) -> str:
+    """The searchset Bundle for `params`, narrowed to what the caller may read."""
+    access = exchange.authorised()
+    exchange.entities = [query_entity(query_string)]
+    if not access.may_search(rtype):
+        raise forbidden()
+    query = search_query(exchange, rtype, params)
+    settings = exchange.runtime.settings
+    # `_count=0` asks for the total only (FHIR R4 §3.1.1.5.5): 0 must not become the default.
+    count = settings.default_page_size if query.count is None else query.count
+    page_size = min(count, settings.max_page_size)
+    async with exchange.runtime.database.read() as session:
+        page = await run_search(
+            session,
+            domain=exchange.domain,
+            query=query,
+            allowed_origins=access.origins("search", rtype),
+            page_size=page_size,
+        )
+    base = exchange.runtime.fhir_base(exchange.domain)
+    exchange.entities += [_version_entity(row.rtype, row.id, row.version_id) for row in page.rows]
+    links = [("self", _page_url(base, query, query.cursor))]
+    if page.next_cursor:
+        links.append(("next", _page_url(base, query, page.next_cursor)))
+    if page.previous_cursor:
+        links.append(("previous", _page_url(base, query, page.previous_cursor)))
+    entries = [
+        Entry(
+            full_url=f"{base}/{row.rtype}/{row.id}", resource_json=row.content, search_mode="match"
+        )
+        for row in page.rows
+    ]
+    if query.unknown:
+        warning = operation_outcome(
+            Issue(
+                "not-supported",
+                f"Unknown search parameter {name!r} was ignored",
+                (name,),
+                severity="warning",
+            )
+            for name in query.unknown
+        )
+        entries.append(
+            Entry(
+                full_url=f"urn:uuid:{exchange.trace.request_id}",
+                resource_json=jsonio.dumps(warning),
+                search_mode="outcome",
+            )
+        )
+    return bundle("searchset", entries, total=page.total, links=links)

@@ -1,0 +1,332 @@
+"""Delivering one claimed outbox row: re-check, send, record, schedule.
+
+Before sending, the Subscription and the subscriber's right to read the
+resource are checked again against the CURRENT state (fail closed: a row
+whose subscriber lost its right, or whose Subscription is gone or off, is
+dropped unsent). After the attempt, one transaction records the `transmit`
+AuditEvent, completes or reschedules the row, and keeps the Subscription's
+status (`error` after 3 failures in a row, `active` again on success, `off`
+on 410 Gone).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from hub.access.policy import subscriber_may_read
+from hub.audit.events import transmit_event
+from hub.audit.store import store_event
+from hub.fhir import jsonio
+from hub.net import DeliveryResult, OutboundClient
+from hub.notify.mail import MailError, compose_invitation, compose_new_message_notice, send_mail
+from hub.notify.registry import LiveSubscription, live_subscription
+from hub.notify.retry import FAILURES_BEFORE_ERROR, describe_failure, next_attempt_delay
+from hub.notify.status import set_status
+from hub.notify.webhook import EndpointLimiter, notification_headers
+from hub.runtime import HUB_DEVICE, Runtime, utcnow
+from hub.store import outbox, resources
+from hub.store.db import dialect_of
+from hub.store.tables import DeliveryHealth, OutboxRow
+from hub.trace import TraceIds
+
+log = logging.getLogger("hub.delivery")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The outcome of one send, in the terms the bookkeeping needs."""
+
+    success: bool
+    description: str | None
+    retry_after: str | None = None
+    gone: bool = False  # the receiver answered 410: it wants no more notifications
+    permanent: bool = False  # retrying cannot help (e.g. the mail server refused the address)
+
+
+class Deliverer:
+    def __init__(self, runtime: Runtime, client: OutboundClient, *, owner: str) -> None:
+        self.runtime = runtime
+        self.client = client
+        self.owner = owner
+        self.limiter = EndpointLimiter(runtime.settings.endpoint_concurrency)
+        # Rows (pk → subscription id) waiting for a slot of their busy endpoint. The
+        # dispatcher neither counts them against its capacity nor claims more rows of
+        # those subscriptions, so a slow receiver never holds back the others.
+        self.waiting: dict[int, str] = {}
+        self.on_waiting: Callable[[], None] = lambda: None
+        self._random = random.Random()
+
+    async def deliver(self, row: OutboxRow) -> None:
+        if row.channel == "email":
+            await self._deliver_mail(row)
+        else:
+            await self._deliver_webhook(row)
+
+    # --- webhooks ---------------------------------------------------------------------
+
+    async def _still_wanted(self, row: OutboxRow) -> LiveSubscription | None:
+        """The Subscription, if it still exists, is not off, and may read the resource."""
+        async with self.runtime.database.read() as session:
+            stored = await resources.current(
+                session, row.domain, "Subscription", row.subscription_id or ""
+            )
+            resource = await resources.current(
+                session, row.domain, row.resource_type, row.resource_id
+            )
+        if stored is None or stored.deleted or resource is None:
+            return None
+        subscription = live_subscription(jsonio.loads(stored.content))
+        if subscription is None or subscription.owner is None or not subscription.is_live(utcnow()):
+            return None
+        snapshot = self.runtime.access.snapshot
+        if not subscriber_may_read(
+            snapshot, row.domain, subscription.owner, row.resource_type, resource.origin
+        ):
+            log.info(
+                "Subscription/%s may no longer read %s/%s: not sent",
+                subscription.id,
+                row.resource_type,
+                row.resource_id,
+            )
+            return None
+        return subscription
+
+    async def _deliver_webhook(self, row: OutboxRow) -> None:
+        subscription = await self._still_wanted(row)
+        if subscription is None:
+            async with self.runtime.database.write() as session:
+                await outbox.drop(session, row, owner=self.owner)
+            return
+        trace = TraceIds.new(correlation_id=row.request_id, trace_id=row.trace_id)
+        try:
+            headers = notification_headers(
+                channel_headers=subscription.headers,
+                request_id=trace.request_id,
+                correlation_id=row.request_id,
+                trace_id=row.trace_id,
+            )
+        except ValueError as exc:
+            # Stored before the header rules tightened: retrying cannot help, so say so once.
+            attempt = Attempt(False, f"unusable channel.header: {exc}", permanent=True)
+        else:
+            result = await self._post(row, subscription, headers)
+            if result is None:
+                return  # the lease was lost: another worker delivers this row
+            attempt = _webhook_attempt(result)
+        event = transmit_event(
+            success=attempt.success,
+            outcome_description=attempt.description,
+            source_device=row.source_device,
+            destination_device=subscription.owner,
+            destination=subscription.endpoint,
+            resource_version=f"{row.resource_type}/{row.resource_id}/_history/{row.version_id}",
+            subscription=(subscription.id, subscription.criteria),
+            hub_device=HUB_DEVICE,
+            site=self.runtime.settings.site,
+            trace=trace,
+            recorded=utcnow(),
+        )
+        await self._record(row, attempt, event, subscription_id=subscription.id)
+
+    async def _post(
+        self, row: OutboxRow, subscription: LiveSubscription, headers: list[tuple[str, str]]
+    ) -> DeliveryResult | None:
+        """Send within the endpoint's concurrency limit; None if the lease was lost meanwhile."""
+        assert row.pk is not None
+        if self.limiter.busy(subscription.endpoint):
+            self.waiting[row.pk] = subscription.id
+            self.on_waiting()
+        try:
+            async with self.limiter.slot(subscription.endpoint):
+                self.waiting.pop(row.pk, None)
+                # Waiting for a busy receiver's slot may have used up much of the lease.
+                if not await self._keep_lease(row):
+                    return None
+                return await self.client.post_notification(subscription.endpoint, headers)
+        finally:
+            self.waiting.pop(row.pk, None)
+
+    async def _keep_lease(self, row: OutboxRow) -> bool:
+        """Extend the lease to cover the whole send; False if it was lost.
+
+        Never shorter than the send may take, whatever `delivery_lease_seconds` says:
+        a lease that runs out mid-send lets another worker send the row again.
+        """
+        settings = self.runtime.settings
+        now = utcnow()
+        needed = timedelta(seconds=settings.webhook_timeout + 5)
+        if row.lease_until is not None and row.lease_until - now > needed:
+            return True
+        async with self.runtime.database.write() as session:
+            kept = await outbox.renew(
+                session,
+                row,
+                owner=self.owner,
+                until=now + max(timedelta(seconds=settings.delivery_lease_seconds), needed),
+            )
+        if not kept:
+            log.warning("lost the lease of outbox row %s; another worker delivers it", row.pk)
+        return kept
+
+    # --- patient e-mail ---------------------------------------------------------------
+
+    async def _deliver_mail(self, row: OutboxRow) -> None:
+        settings = self.runtime.settings
+        assert row.recipient is not None
+        if settings.smtp_url is None:
+            attempt = Attempt(False, "e-mail is off (HUB_SMTP_URL is unset)", permanent=True)
+        elif not await self._keep_lease(row):
+            return  # another worker sends it
+        else:
+            attempt = await self._send_mail(row.recipient, row.kind, settings.smtp_url)
+        trace = TraceIds.new(correlation_id=row.request_id, trace_id=row.trace_id)
+        event = transmit_event(
+            success=attempt.success,
+            outcome_description=attempt.description,
+            source_device=row.source_device,
+            destination_device=None,
+            destination=f"mailto:{row.recipient}",
+            resource_version=f"{row.resource_type}/{row.resource_id}/_history/{row.version_id}",
+            subscription=None,
+            hub_device=HUB_DEVICE,
+            site=settings.site,
+            trace=trace,
+            recorded=utcnow(),
+        )
+        await self._record(row, attempt, event, subscription_id=None)
+
+    async def _send_mail(self, recipient: str, kind: str | None, smtp_url: str) -> Attempt:
+        settings = self.runtime.settings
+        try:
+            if kind == "invitation":
+                message = compose_invitation(
+                    recipient, settings.registration_url, settings.smtp_from
+                )
+            else:
+                message = compose_new_message_notice(
+                    recipient, settings.portal_url, settings.smtp_from
+                )
+        except ValueError as exc:  # e.g. an address the composer refuses: retrying cannot help
+            return Attempt(False, f"cannot compose the e-mail: {exc}", permanent=True)
+        try:
+            await send_mail(smtp_url, message, timeout=settings.webhook_timeout)
+        except MailError as exc:
+            return Attempt(False, str(exc), permanent=exc.permanent)
+        return Attempt(True, None)
+
+    # --- bookkeeping ------------------------------------------------------------------
+
+    async def _record(
+        self,
+        row: OutboxRow,
+        attempt: Attempt,
+        event: dict[str, Any],
+        *,
+        subscription_id: str | None,
+    ) -> None:
+        now = utcnow()
+        async with self.runtime.database.write() as session:
+            await store_event(
+                session, domain=row.domain, event=event, chain_key=self.runtime.chain_key, now=now
+            )
+            if attempt.success:
+                await outbox.complete(session, row, owner=self.owner)
+            else:
+                await outbox.reschedule(
+                    session,
+                    row,
+                    owner=self.owner,
+                    next_attempt_at=self._next_attempt(row, attempt, now),
+                    error=attempt.description or "delivery failed",
+                    now=now,
+                )
+            if subscription_id is not None:
+                await self._keep_health(session, row.domain, subscription_id, attempt, now)
+
+    def _next_attempt(self, row: OutboxRow, attempt: Attempt, now: datetime) -> datetime | None:
+        if attempt.gone or attempt.permanent:
+            return None
+        delay = next_attempt_delay(
+            row.attempts + 1,
+            retry_after=attempt.retry_after,
+            now=now.replace(tzinfo=UTC),
+            first_attempt_at=(row.first_attempt_at or now).replace(tzinfo=UTC),
+            rng=self._random,
+            first_delay=timedelta(seconds=self.runtime.settings.retry_base_seconds),
+        )
+        return None if delay is None else now + delay
+
+    async def _keep_health(
+        self,
+        session: AsyncSession,
+        domain: str,
+        subscription_id: str,
+        attempt: Attempt,
+        now: datetime,
+    ) -> None:
+        health = await _locked_health(session, domain, subscription_id)
+        if attempt.success:
+            health.consecutive_failures, health.last_error = 0, None
+            await set_status(
+                session, domain, subscription_id, "active", None, now, applies=_status_is("error")
+            )
+        else:
+            health.consecutive_failures += 1
+            health.last_error = attempt.description
+            if attempt.gone:
+                await set_status(session, domain, subscription_id, "off", attempt.description, now)
+            elif health.consecutive_failures >= FAILURES_BEFORE_ERROR:
+                await set_status(
+                    session,
+                    domain,
+                    subscription_id,
+                    "error",
+                    attempt.description,
+                    now,
+                    applies=_status_is("active"),
+                )
+        session.add(health)
+
+
+async def _locked_health(
+    session: AsyncSession, domain: str, subscription_id: str
+) -> DeliveryHealth:
+    """The Subscription's failure counter, locked; created race-free on first use."""
+    insert = pg_insert if dialect_of(session) == "postgresql" else sqlite_insert
+    await session.execute(
+        insert(DeliveryHealth)
+        .values(domain=domain, subscription_id=subscription_id, consecutive_failures=0)
+        .on_conflict_do_nothing(index_elements=["domain", "subscription_id"])
+    )
+    statement = (
+        select(DeliveryHealth)
+        .where(
+            col(DeliveryHealth.domain) == domain,
+            col(DeliveryHealth.subscription_id) == subscription_id,
+        )
+        .with_for_update()
+    )
+    return (await session.execute(statement)).scalar_one()
+
+
+def _status_is(expected: str) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda subscription: subscription.get("status") == expected
+
+
+def _webhook_attempt(result: DeliveryResult) -> Attempt:
+    if result.ok:
+        return Attempt(True, None)
+    return Attempt(
+        False, describe_failure(result), retry_after=result.retry_after, gone=result.status == 410
+    )

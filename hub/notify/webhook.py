@@ -1,0 +1,94 @@
+"""The notification request of DESIGN.md §7, and a per-endpoint concurrency limit.
+
+Sending is hub.net's job; this module decides what is sent and how many requests
+one receiver gets at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from hub.rules.subscription import parse_channel_header
+
+CONTENT_TYPE = "application/fhir+json; fhirVersion=4.0; charset=utf-8"
+
+
+def notification_headers(
+    *,
+    channel_headers: Sequence[str],
+    request_id: str,
+    correlation_id: str,
+    trace_id: str,
+) -> list[tuple[str, str]]:
+    """The headers of one notification, in the order they go on the wire.
+
+    `channel_headers` are the Subscription's `channel.header` lines; each is split
+    at its first `:` as `hub.rules.subscription.parse_channel_header` defines, and a
+    line the rules would refuse raises ValueError rather than being sent mangled.
+    The body is always empty, hence `Content-Length: 0`.
+    """
+    headers = [("Content-Type", CONTENT_TYPE), ("Content-Length", "0")]
+    headers.extend(parse_channel_header(line) for line in channel_headers)
+    headers += [
+        ("X-Request-Id", request_id),
+        ("X-Correlation-Id", correlation_id),
+        ("X-Trace-Id", trace_id),
+    ]
+    return headers
+
+
+def endpoint_key(url: str) -> tuple[str, str, int]:
+    """Scheme, host and port: the unit a receiver's capacity is measured in."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").rstrip("."), port
+
+
+@dataclass
+class _Gate:
+    semaphore: asyncio.Semaphore
+    users: int = 0
+
+
+class EndpointLimiter:
+    """At most `per_endpoint` requests in flight to one scheme+host+port at a time.
+
+    A receiver that is slow or dead then ties up only its own slots, and the
+    deliveries to every other receiver proceed. Gates exist only while in use, so
+    the table does not grow with every endpoint ever seen.
+    """
+
+    def __init__(self, per_endpoint: int) -> None:
+        if per_endpoint < 1:
+            raise ValueError(f"per_endpoint must be at least 1, got {per_endpoint}")
+        self._per_endpoint = per_endpoint
+        self._gates: dict[tuple[str, str, int], _Gate] = {}
+
+    @asynccontextmanager
+    async def slot(self, url: str) -> AsyncIterator[None]:
+        key = endpoint_key(url)
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = _Gate(asyncio.Semaphore(self._per_endpoint))
+        gate.users += 1
+        try:
+            async with gate.semaphore:
+                yield
+        finally:
+            gate.users -= 1
+            if gate.users == 0:
+                del self._gates[key]
+
+    def busy(self, url: str) -> bool:
+        """Whether a request to `url`'s endpoint would have to wait for a slot."""
+        return self.in_use(url) >= self._per_endpoint
+
+    def in_use(self, url: str) -> int:
+        """How many requests to `url`'s endpoint hold or wait for a slot."""
+        gate = self._gates.get(endpoint_key(url))
+        return 0 if gate is None else gate.users

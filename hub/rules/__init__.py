@@ -1,0 +1,1 @@
+"""Business rules per resource type: pure functions over resource JSON, no I/O."""

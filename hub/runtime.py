@@ -1,0 +1,44 @@
+"""The running hub's shared services, built once by the app's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from hub.access.apps import AccessConfig
+from hub.access.jwks_cache import JwksCache
+from hub.access.keys import SigningKeys
+from hub.audit.writer import AuditWriter
+from hub.notify.registry import SubscriptionIndex
+from hub.settings import Settings
+from hub.store.db import Database
+
+# The id of the hub's own Device in every domain; no application may take it.
+HUB_DEVICE = "koppeltaal-hub"
+
+
+def utcnow() -> datetime:
+    """Now, as the naive UTC datetime the database stores."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    database: Database
+    access: AccessConfig
+    keys: SigningKeys
+    jwks: JwksCache
+    audit: AuditWriter
+    chain_key: bytes
+    subscriptions: SubscriptionIndex
+    # Called after a commit that queued deliveries: wakes the dispatcher at once.
+    wake_dispatcher: Callable[[], None] = field(default=lambda: None)
+    version: str = "0.1.0"
+
+    def fhir_base(self, domain: str) -> str:
+        return self.settings.fhir_base(domain)
+
+    def issuer(self, domain: str) -> str:
+        return f"{self.settings.public_url}/{domain}/oauth2"

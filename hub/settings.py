@@ -1,0 +1,156 @@
+"""Settings: the one module that reads `HUB_*` environment variables.
+
+Everything else receives a `Settings` instance; command-line flags override the
+environment by building a new instance with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class SettingsError(ValueError):
+    """A `HUB_*` variable holds a value the hub cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite+aiosqlite:///./var/hub.db"
+    public_url: str = "http://127.0.0.1:8080"
+    apps_file: Path = Path("examples/apps.yaml")
+    authz_matrix: Path = Path("authz_matrix.yaml")
+    keys_dir: Path = Path("var/keys")
+    ca_bundle: Path | None = None
+    webhook_allow_networks: tuple[IPNetwork, ...] = ()
+    smtp_url: str | None = None
+    smtp_from: str = "Koppeltaal Hub <no-reply@localhost>"
+    portal_url: str = "http://127.0.0.1:8090"
+    registration_url: str = "http://127.0.0.1:8090/register"
+    max_body_bytes: int = 10 * 1024 * 1024
+    access_token_lifetime: int = 900
+    token_algorithm: str = "RS512"  # noqa: S105 (an algorithm name, not a secret)
+    default_page_size: int = 50
+    max_page_size: int = 500
+    delivery_poll_seconds: float = 10.0
+    delivery_lease_seconds: float = 60.0
+    # The first retry delay of a failed notification; the later steps keep their ratio
+    # to it (5 s → 30 s, 2 min, …). Shorter only for tests and demos.
+    retry_base_seconds: float = 5.0
+    delivery_concurrency: int = 32
+    endpoint_concurrency: int = 4
+    webhook_connect_timeout: float = 5.0
+    webhook_timeout: float = 15.0
+    housekeeping_seconds: float = 30.0
+    site: str = field(default_factory=lambda: os.uname().nodename)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def fhir_base(self, domain: str) -> str:
+        return f"{self.public_url.rstrip('/')}/{domain}/fhir"
+
+    def token_endpoint(self, domain: str) -> str:
+        return f"{self.public_url.rstrip('/')}/{domain}/oauth2/token"
+
+
+def _networks(raw: str, name: str) -> tuple[IPNetwork, ...]:
+    networks: list[IPNetwork] = []
+    for part in raw.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {part!r} is not a CIDR network ({exc})") from exc
+    return tuple(networks)
+
+
+def _http_url(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(f"{name}: {value!r} is not an http(s) URL")
+    return value
+
+
+def _smtp_url(env: Mapping[str, str]) -> str | None:
+    value = env.get("HUB_SMTP_URL") or None
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise SettingsError(f"HUB_SMTP_URL: {value!r} is not an smtp:// or smtps:// URL")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {raw!r} is not a number") from exc
+    if value <= 0:
+        raise SettingsError(f"{name}: must be greater than zero, got {raw!r}")
+    return value
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from `HUB_*` variables; unset ones keep their defaults."""
+    env = os.environ if env is None else env
+    defaults = Settings()
+
+    def text(name: str, default: str) -> str:
+        value = env.get(name, "")
+        return value if value else default
+
+    ca_bundle = env.get("HUB_CA_BUNDLE") or None
+    return Settings(
+        database_url=text("HUB_DATABASE_URL", defaults.database_url),
+        public_url=_http_url(env, "HUB_PUBLIC_URL", defaults.public_url).rstrip("/"),
+        apps_file=Path(text("HUB_APPS", str(defaults.apps_file))),
+        authz_matrix=Path(text("HUB_AUTHZ_MATRIX", str(defaults.authz_matrix))),
+        keys_dir=Path(text("HUB_KEYS_DIR", str(defaults.keys_dir))),
+        ca_bundle=Path(ca_bundle) if ca_bundle else None,
+        webhook_allow_networks=_networks(
+            env.get("HUB_WEBHOOK_ALLOW_NETWORKS", ""), "HUB_WEBHOOK_ALLOW_NETWORKS"
+        ),
+        smtp_url=_smtp_url(env),
+        smtp_from=text("HUB_SMTP_FROM", defaults.smtp_from),
+        portal_url=_http_url(env, "HUB_PORTAL_URL", defaults.portal_url).rstrip("/"),
+        registration_url=_http_url(env, "HUB_REGISTRATION_URL", defaults.registration_url),
+        max_body_bytes=int(_number(env, "HUB_MAX_BODY_BYTES", defaults.max_body_bytes)),
+        access_token_lifetime=int(
+            _number(env, "HUB_ACCESS_TOKEN_LIFETIME", defaults.access_token_lifetime)
+        ),
+        token_algorithm=text("HUB_TOKEN_ALGORITHM", defaults.token_algorithm),
+        default_page_size=int(_number(env, "HUB_PAGE_SIZE", defaults.default_page_size)),
+        max_page_size=int(_number(env, "HUB_MAX_PAGE_SIZE", defaults.max_page_size)),
+        delivery_poll_seconds=_number(
+            env, "HUB_DELIVERY_POLL_SECONDS", defaults.delivery_poll_seconds
+        ),
+        delivery_lease_seconds=_number(
+            env, "HUB_DELIVERY_LEASE_SECONDS", defaults.delivery_lease_seconds
+        ),
+        retry_base_seconds=_number(env, "HUB_RETRY_BASE_SECONDS", defaults.retry_base_seconds),
+        delivery_concurrency=int(
+            _number(env, "HUB_DELIVERY_CONCURRENCY", defaults.delivery_concurrency)
+        ),
+        endpoint_concurrency=int(
+            _number(env, "HUB_ENDPOINT_CONCURRENCY", defaults.endpoint_concurrency)
+        ),
+        webhook_connect_timeout=_number(
+            env, "HUB_WEBHOOK_CONNECT_TIMEOUT", defaults.webhook_connect_timeout
+        ),
+        webhook_timeout=_number(env, "HUB_WEBHOOK_TIMEOUT", defaults.webhook_timeout),
+        housekeeping_seconds=_number(
+            env, "HUB_HOUSEKEEPING_SECONDS", defaults.housekeeping_seconds
+        ),
+        site=text("HUB_SITE", defaults.site),
+    )

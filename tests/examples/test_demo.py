@@ -1,0 +1,87 @@
+"""`make demo` runs end to end and tells the story of one notification, consistently.
+
+The demo is run as `make demo` runs it (`python -m examples.demo`, a process of its
+own that starts the hub as another); its output must show one chain of ids: the
+XIS's write, the hub's webhook and e-mail caused by it, and the portal's fetch caused
+by the webhook.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.hub import REPOSITORY
+
+pytestmark = [
+    pytest.mark.slow,
+    # The demo portal listens on the port examples/apps.yaml registers for it (8443).
+    pytest.mark.xdist_group("demo-port-8443"),
+]
+
+
+def field(pattern: str, text: str) -> str:
+    found = re.search(pattern, text, re.MULTILINE)
+    assert found is not None, f"{pattern!r} not in the demo's output:\n{text}"
+    return found.group(1)
+
+
+def section(title: str, text: str) -> str:
+    start = text.index(f"== {title}")
+    end = text.find("\n== ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def test_make_demo_shows_the_notification_the_mail_and_the_trace_chain() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.demo"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    output = result.stdout
+    assert result.returncode == 0, f"{output}\n{result.stderr}"
+    assert "FAILED" not in result.stderr
+
+    xis_request = field(r"^   X-Request-Id: (\S+)$", output)
+    trace = field(r"^   X-Trace-Id:   (\S+)$", output)
+    communication = field(r"-> 201 (Communication/\S+)$", output)
+
+    webhook = section("The webhook notification the portal got", output)
+    assert "  content-length: 0" in webhook
+    assert "  authorization: Bearer ***" in webhook  # the shared secret is not printed
+    assert field(r"^  x-correlation-id: (\S+)$", webhook) == xis_request
+    assert field(r"^  x-trace-id: (\S+)$", webhook) == trace
+    notification_request = field(r"^  x-request-id: (\S+)$", webhook)
+    assert f"new: {communication}/_history/1" in webhook
+
+    mail = section("The e-mail the catcher got", output)
+    assert "To: jan.janssen@example.com" in mail
+    assert "Subject: Nieuw bericht voor u / New message for you" in mail
+    assert "\n  https://127.0.0.1:8443\n" in mail
+    assert "Lab results" not in mail and "lab-results" not in mail
+
+    assert "1 message(s): 'Lab results available', with 1 attachment(s)" in output
+
+    chain = section("The trace chain", output).splitlines()
+    assert f"traceId={trace}" in chain[0]
+    create, *effects = chain[1:]
+    assert create.startswith(f"  create {communication}/_history/1 by Device/epd-demo  [ok]")
+    assert create.endswith(f"X-Request-Id {xis_request}  (patient-notice: new-message)")
+    # The hub's two deliveries hang under the write; the portal's fetch under the webhook.
+    webhook_line = next(line for line in effects if "transmit webhook" in line)
+    assert webhook_line.startswith("  └─ transmit webhook to https://127.0.0.1:8443/")
+    assert webhook_line.endswith(f"[ok]  X-Request-Id {notification_request}")
+    assert any(
+        line.startswith("  └─ transmit e-mail to mailto:jan.janssen@example.com  [ok]")
+        for line in effects
+    )
+    fetch = effects[effects.index(webhook_line) + 1]
+    assert fetch.startswith("     └─ search-type ?category=melding")
+    assert "by Device/portal-demo  [ok]" in fetch
+    assert "Done." in output

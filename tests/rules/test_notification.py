@@ -1,0 +1,493 @@
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hub.fhir.outcome import Issue
+from hub.rules.notification import (
+    contained_patient,
+    decode_base64,
+    is_email_address,
+    patient_bsn,
+    patient_email,
+    validate_communication,
+)
+from tests.rules.samples import (
+    CONTRACT,
+    EXE_BYTES,
+    JPEG_BYTES,
+    OLE2_BYTES,
+    PDF_BYTES,
+    attachment,
+    b64,
+    docx_bytes,
+    example_communication,
+    png_bytes,
+    xlsx_bytes,
+    zip_bytes,
+)
+
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+PATIENT = "Communication.contained[0]"
+FIRST_FILE = "Communication.payload[1].contentAttachment"
+
+
+@pytest.fixture
+def resource() -> dict[str, Any]:
+    return example_communication()
+
+
+def located(issues: list[Issue]) -> set[tuple[str, tuple[str, ...]]]:
+    return {(issue.code, issue.expression) for issue in issues}
+
+
+def only_issue(resource: dict[str, Any]) -> Issue:
+    issues = validate_communication(resource)
+    assert len(issues) == 1, issues
+    return issues[0]
+
+
+def set_attachments(resource: dict[str, Any], *entries: dict[str, Any]) -> None:
+    resource["payload"] = [resource["payload"][0], *entries]
+
+
+# -- the contract's own example --------------------------------------------------------
+
+
+def test_the_fixture_is_the_unmodified_contract() -> None:
+    digest = hashlib.sha256(CONTRACT.read_bytes()).hexdigest()
+    assert digest == "45f26019279d7b40e8d71e00672dc849fa5caf0febc0a1ef59f2c0037dbc4547"
+
+
+def test_the_contracts_example_request_is_accepted(resource: dict[str, Any]) -> None:
+    assert resource["category"][0]["coding"][0]["code"] == "melding"
+    assert resource["recipient"][0]["reference"] == "#9876543210"
+    assert validate_communication(resource) == []
+
+
+def test_helpers_read_the_recipient_from_the_example(resource: dict[str, Any]) -> None:
+    patient = contained_patient(resource)
+    assert patient is not None
+    assert patient["id"] == "9876543210"
+    assert patient_bsn(resource) == "123456782"
+    assert patient_email(resource) == "jan.janssen@example.com"
+
+
+# -- status, category, topic ----------------------------------------------------------
+
+
+def test_status_must_be_completed(resource: dict[str, Any]) -> None:
+    resource["status"] = "in-progress"
+    assert located(validate_communication(resource)) == {("value", ("Communication.status",))}
+    del resource["status"]
+    assert located(validate_communication(resource)) == {("required", ("Communication.status",))}
+
+
+@pytest.mark.parametrize("category", [None, []])
+def test_category_is_required(resource: dict[str, Any], category: Any) -> None:
+    resource["category"] = category
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("required", ("Communication.category",))
+
+
+def test_category_must_have_code_melding(resource: dict[str, Any]) -> None:
+    resource["category"] = [
+        {"coding": [{"system": "nl.spreekuur.communication-category", "code": "chat"}]}
+    ]
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("value", ("Communication.category",))
+    assert "melding" in issue.diagnostics
+
+
+def test_melding_may_be_any_coding_of_any_category(resource: dict[str, Any]) -> None:
+    resource["category"] = [
+        {"text": "no coding"},
+        {"coding": [{"code": "chat"}, {"system": "other", "code": "melding"}]},
+    ]
+    assert validate_communication(resource) == []
+
+
+@pytest.mark.parametrize("text", ["x" * 500, "é" * 500, "😀" * 500, "x"])
+def test_topic_up_to_500_characters_is_accepted(resource: dict[str, Any], text: str) -> None:
+    resource["topic"]["text"] = text
+    assert validate_communication(resource) == []
+
+
+@pytest.mark.parametrize("text", ["x" * 501, "é" * 501, "😀" * 501])
+def test_topic_over_500_characters_is_too_long(resource: dict[str, Any], text: str) -> None:
+    resource["topic"]["text"] = text
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("too-long", ("Communication.topic.text",))
+    assert "501 characters" in issue.diagnostics
+
+
+@pytest.mark.parametrize(
+    ("topic", "code"),
+    [(None, "required"), ({}, "required"), ({"text": ""}, "value"), ({"text": 7}, "invalid")],
+)
+def test_topic_text_is_required(resource: dict[str, Any], topic: Any, code: str) -> None:
+    resource["topic"] = topic
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == (code, ("Communication.topic.text",))
+
+
+# -- the message text -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["x", "x" * 10_000, "é" * 10_000, "😀" * 10_000])
+def test_message_of_1_to_10000_characters_is_accepted(resource: dict[str, Any], text: str) -> None:
+    # "😀" * 10_000 is 40,000 bytes of UTF-8 (and 20,000 UTF-16 units): characters count.
+    resource["payload"][0]["contentString"] = text
+    assert validate_communication(resource) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "code"), [("", "value"), ("x" * 10_001, "too-long"), ("😀" * 10_001, "too-long")]
+)
+def test_message_empty_or_over_10000_characters_is_refused(
+    resource: dict[str, Any], text: str, code: str
+) -> None:
+    resource["payload"][0]["contentString"] = text
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == (code, ("Communication.payload[0].contentString",))
+
+
+def test_a_message_text_is_required(resource: dict[str, Any]) -> None:
+    del resource["payload"][0]
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("required", ("Communication.payload",))
+
+
+@pytest.mark.parametrize("payload", [None, []])
+def test_payload_is_required(resource: dict[str, Any], payload: Any) -> None:
+    resource["payload"] = payload
+    assert located(validate_communication(resource)) == {("required", ("Communication.payload",))}
+
+
+def test_only_one_message_text(resource: dict[str, Any]) -> None:
+    resource["payload"].append({"contentString": "second"})
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("invalid", ("Communication.payload",))
+
+
+@pytest.mark.parametrize(
+    ("entry", "expression"),
+    [
+        ({}, "Communication.payload[2]"),
+        (
+            {"contentReference": {"reference": "Binary/1"}},
+            "Communication.payload[2].contentReference",
+        ),
+    ],
+)
+def test_a_payload_entry_needs_string_or_attachment(
+    resource: dict[str, Any], entry: dict[str, Any], expression: str
+) -> None:
+    resource["payload"].append(entry)
+    issue = only_issue(resource)
+    assert issue.expression == (expression,)
+
+
+# -- attachments ----------------------------------------------------------------------
+
+
+def test_five_attachments_are_accepted(resource: dict[str, Any]) -> None:
+    set_attachments(resource, *[attachment(PDF_BYTES, "application/pdf")] * 5)
+    assert validate_communication(resource) == []
+
+
+def test_six_attachments_are_refused(resource: dict[str, Any]) -> None:
+    set_attachments(resource, *[attachment(PDF_BYTES, "application/pdf")] * 6)
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("invalid", ("Communication.payload",))
+    assert "6 attachments" in issue.diagnostics
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [
+        (PDF_BYTES, "application/pdf"),
+        (JPEG_BYTES, "image/jpeg"),
+        (png_bytes(), "image/png"),
+        (OLE2_BYTES, "application/msword"),
+        (OLE2_BYTES, "application/vnd.ms-excel"),
+        (docx_bytes(), DOCX),
+        (xlsx_bytes(), XLSX),
+    ],
+)
+def test_every_allowed_type_is_accepted(
+    resource: dict[str, Any], data: bytes, content_type: str
+) -> None:
+    set_attachments(resource, attachment(data, content_type))
+    assert validate_communication(resource) == []
+
+
+@pytest.mark.parametrize("field", ["data", "contentType", "title"])
+@pytest.mark.parametrize(("value", "code"), [(None, "required"), ("", "value"), (3, "invalid")])
+def test_an_attachment_needs_data_type_and_title(
+    resource: dict[str, Any], field: str, value: Any, code: str
+) -> None:
+    file = resource["payload"][1]["contentAttachment"]
+    if value is None:
+        del file[field]
+    else:
+        file[field] = value
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == (code, (f"{FIRST_FILE}.{field}",))
+
+
+@pytest.mark.parametrize("content_type", ["text/html", "application/PDF", "application/pdf; x=y"])
+def test_only_the_contracts_content_types(resource: dict[str, Any], content_type: str) -> None:
+    resource["payload"][1]["contentAttachment"]["contentType"] = content_type
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("value", (f"{FIRST_FILE}.contentType",))
+    assert "image/png" in issue.diagnostics
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "JVBERi0x@@==",  # outside the alphabet
+        "JVBE\nRi0x",  # a line break
+        "JVBE Ri0x",  # a space
+        "JVBERi0",  # padding missing
+        "JVBERi0x=",  # padding where none belongs
+        "QR==",  # non-zero padding bits: "QQ==" is the one encoding of b"A"
+        "_-8=",  # the URL-safe alphabet
+        "JVBERi0xLjcK\u00e9",  # not ASCII
+    ],
+)
+def test_data_must_be_strict_base64(resource: dict[str, Any], data: str) -> None:
+    resource["payload"][1]["contentAttachment"]["data"] = data
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("invalid", (f"{FIRST_FILE}.data",))
+    assert "base64" in issue.diagnostics
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "seen"),
+    [
+        (EXE_BYTES, "application/pdf", "an executable program"),
+        (png_bytes(), "image/jpeg", "a PNG image"),
+        (zip_bytes("notes.txt"), DOCX, "a ZIP archive"),
+        (xlsx_bytes(), DOCX, "an Excel workbook (.xlsx)"),
+        (EXE_BYTES + docx_bytes(), DOCX, "an executable program"),
+        (PDF_BYTES, "application/msword", "a PDF document"),
+    ],
+)
+def test_data_must_be_what_its_type_says(
+    resource: dict[str, Any], data: bytes, content_type: str, seen: str
+) -> None:
+    set_attachments(resource, attachment(data, content_type))
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("invalid", (f"{FIRST_FILE}.data",))
+    assert issue.diagnostics.endswith(f"it is {seen}")
+
+
+def test_data_is_not_sniffed_against_a_refused_type(resource: dict[str, Any]) -> None:
+    set_attachments(resource, attachment(EXE_BYTES, "application/x-msdownload"))
+    assert located(validate_communication(resource)) == {("value", (f"{FIRST_FILE}.contentType",))}
+
+
+# -- recipient and patient ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipient", [None, []])
+def test_recipient_is_required(resource: dict[str, Any], recipient: Any) -> None:
+    resource["recipient"] = recipient
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("required", ("Communication.recipient",))
+
+
+@pytest.mark.parametrize(
+    "reference", ["Patient/9876543210", "#", "#unknown", "9876543210", None, "#practitioner"]
+)
+def test_recipient_must_reference_the_contained_patient(
+    resource: dict[str, Any], reference: str | None
+) -> None:
+    resource["contained"].append({"resourceType": "Practitioner", "id": "practitioner"})
+    resource["recipient"] = [{"reference": reference}]
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("invalid", ("Communication.recipient[0].reference",))
+    assert contained_patient(resource) is None
+
+
+def test_exactly_one_recipient(resource: dict[str, Any]) -> None:
+    resource["recipient"].append(resource["recipient"][0])
+    assert located(validate_communication(resource)) == {("invalid", ("Communication.recipient",))}
+
+
+def test_a_contained_patient_is_required(resource: dict[str, Any]) -> None:
+    del resource["contained"]
+    assert located(validate_communication(resource)) == {
+        ("invalid", ("Communication.recipient[0].reference",)),
+        ("required", ("Communication.contained",)),
+    }
+
+
+def test_the_patient_needs_a_bsn(resource: dict[str, Any]) -> None:
+    resource["contained"][0]["identifier"] = [{"system": "urn:other", "value": "123456782"}]
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("required", (f"{PATIENT}.identifier",))
+    assert patient_bsn(resource) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [("123456789", "value"), ("12345678", "value"), (123456782, "invalid"), (None, "required")],
+)
+def test_the_bsn_must_pass_the_eleven_test(resource: dict[str, Any], value: Any, code: str) -> None:
+    resource["contained"][0]["identifier"][0]["value"] = value
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == (code, (f"{PATIENT}.identifier[0].value",))
+    assert patient_bsn(resource) is None
+
+
+def test_an_eight_digit_bsn_gets_a_hint(resource: dict[str, Any]) -> None:
+    resource["contained"][0]["identifier"][0]["value"] = "12345672"  # 012345672 is valid
+    assert "leading zero" in only_issue(resource).diagnostics
+
+
+def test_the_patient_has_one_bsn(resource: dict[str, Any]) -> None:
+    identifiers = resource["contained"][0]["identifier"]
+    identifiers.append({**identifiers[0], "value": "111222333"})
+    assert located(validate_communication(resource)) == {("invalid", (f"{PATIENT}.identifier",))}
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "not-an-email",
+        "jan@localhost",
+        "jan@example.com\r\nBcc: x@example.com",
+        "jan @example.com",
+        "jan..janssen@example.com",
+        "jan@-example.com",
+        "jän@example.com",
+        42,
+        None,
+    ],
+)
+def test_an_email_telecom_holds_an_email_address(resource: dict[str, Any], address: Any) -> None:
+    resource["contained"][0]["telecom"] = [
+        {"system": "phone", "value": "+31 20 123 4567"},
+        {"system": "email", "value": address},
+    ]
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("value", (f"{PATIENT}.telecom[1].value",))
+    assert patient_email(resource) is None
+
+
+def test_patient_email_skips_old_addresses(resource: dict[str, Any]) -> None:
+    resource["contained"][0]["telecom"] = [
+        {"system": "email", "value": "old@example.com", "use": "old"},
+        {"system": "email", "value": "new@example.com", "use": "home"},
+    ]
+    assert patient_email(resource) == "new@example.com"
+
+
+def test_no_email_at_all_is_fine(resource: dict[str, Any]) -> None:
+    del resource["contained"][0]["telecom"]
+    assert validate_communication(resource) == []
+    assert patient_email(resource) is None
+
+
+# -- everything at once ---------------------------------------------------------------
+
+
+def test_every_violation_is_reported_together(resource: dict[str, Any]) -> None:
+    resource["status"] = "preparation"
+    resource["category"] = [{"coding": [{"code": "chat"}]}]
+    resource["topic"]["text"] = "t" * 501
+    resource["payload"][0]["contentString"] = ""
+    set_attachments(
+        resource,
+        *[attachment(PDF_BYTES, "application/pdf")] * 4,
+        attachment(EXE_BYTES, "application/pdf"),
+        {"contentAttachment": {"data": "@@", "contentType": "text/html"}},
+    )
+    resource["contained"][0]["identifier"][0]["value"] = "123456789"
+    resource["contained"][0]["telecom"][0]["value"] = "jan"
+    assert located(validate_communication(resource)) == {
+        ("value", ("Communication.status",)),
+        ("value", ("Communication.category",)),
+        ("too-long", ("Communication.topic.text",)),
+        ("value", ("Communication.payload[0].contentString",)),
+        ("invalid", ("Communication.payload",)),
+        ("invalid", ("Communication.payload[5].contentAttachment.data",)),
+        ("required", ("Communication.payload[6].contentAttachment.title",)),
+        ("value", ("Communication.payload[6].contentAttachment.contentType",)),
+        ("invalid", ("Communication.payload[6].contentAttachment.data",)),
+        ("value", (f"{PATIENT}.identifier[0].value",)),
+        ("value", (f"{PATIENT}.telecom[0].value",)),
+    }
+
+
+def test_diagnostics_never_echo_the_patients_data(resource: dict[str, Any]) -> None:
+    secrets = ["Uitslag HIV-test", "Uw uitslag is positief", "123456789", "jan@janssen"]
+    resource["topic"]["text"] = secrets[0] * 100
+    resource["payload"][0]["contentString"] = secrets[1] * 1000
+    resource["contained"][0]["identifier"][0]["value"] = secrets[2]
+    resource["contained"][0]["telecom"][0]["value"] = secrets[3]
+    issues = validate_communication(resource)
+    assert len(issues) == 4
+    text = " ".join(issue.diagnostics for issue in issues)
+    assert not any(secret in text for secret in secrets)
+
+
+# -- robustness -----------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+PATHS = [
+    ("status",), ("category",), ("category", 0), ("category", 0, "coding"), ("topic",),
+    ("payload",), ("payload", 0), ("payload", 1, "contentAttachment"),
+    ("payload", 1, "contentAttachment", "data"), ("recipient",), ("recipient", 0),
+    ("contained",), ("contained", 0), ("contained", 0, "identifier"),
+    ("contained", 0, "identifier", 0), ("contained", 0, "telecom", 0, "value"),
+]  # fmt: skip
+
+
+@settings(database=None, max_examples=400)
+@given(st.sampled_from(PATHS), json_values)
+def test_any_json_in_any_place_gives_issues_not_exceptions(
+    path: tuple[Any, ...], value: Any
+) -> None:
+    resource = example_communication()
+    parent: Any = resource
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = value
+    issues = validate_communication(resource)
+    assert all(issue.expression and issue.diagnostics for issue in issues)
+    contained_patient(resource)
+    patient_bsn(resource)
+    patient_email(resource)
+
+
+@settings(database=None)
+@given(st.dictionaries(st.text(max_size=12), json_values, max_size=6))
+def test_any_json_object_gives_issues_not_exceptions(resource: dict[str, Any]) -> None:
+    assert validate_communication(resource)  # no status, at least
+
+
+@settings(database=None)
+@given(st.binary(max_size=64))
+def test_base64_round_trips_exactly(data: bytes) -> None:
+    assert decode_base64(b64(data)) == data
+
+
+def test_email_addresses() -> None:
+    assert is_email_address("jan.janssen+kt@zorg.example.nl")
+    assert not is_email_address("a" * 65 + "@example.com")
+    assert not is_email_address("jan@" + "a" * 250 + ".nl")

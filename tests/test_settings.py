@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from hub.settings import Settings, SettingsError, from_env
+
+
+def test_defaults_without_environment() -> None:
+    settings = from_env({})
+    assert settings == Settings(site=settings.site)
+    assert settings.is_sqlite
+    assert settings.fhir_base("demo") == "http://127.0.0.1:8080/demo/fhir"
+
+
+def test_every_variable_is_read() -> None:
+    settings = from_env(
+        {
+            "HUB_DATABASE_URL": "postgresql+asyncpg://hub@db/hub",
+            "HUB_PUBLIC_URL": "https://hub.example.nl/",
+            "HUB_APPS": "/etc/hub/apps.yaml",
+            "HUB_AUTHZ_MATRIX": "/etc/hub/matrix.yaml",
+            "HUB_KEYS_DIR": "/var/lib/hub/keys",
+            "HUB_CA_BUNDLE": "/etc/hub/ca.pem",
+            "HUB_WEBHOOK_ALLOW_NETWORKS": "10.0.0.0/8, 127.0.0.1",
+            "HUB_SMTP_URL": "smtp://mail:25",
+            "HUB_WEBHOOK_TIMEOUT": "7.5",
+            "HUB_ENDPOINT_CONCURRENCY": "2",
+        }
+    )
+    assert not settings.is_sqlite
+    assert settings.public_url == "https://hub.example.nl"
+    assert settings.token_endpoint("d") == "https://hub.example.nl/d/oauth2/token"
+    assert settings.apps_file == Path("/etc/hub/apps.yaml")
+    assert settings.ca_bundle == Path("/etc/hub/ca.pem")
+    assert settings.webhook_allow_networks == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.0.0.1/32"),
+    )
+    assert settings.smtp_url == "smtp://mail:25"
+    assert settings.webhook_timeout == 7.5
+    assert settings.endpoint_concurrency == 2
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("HUB_WEBHOOK_ALLOW_NETWORKS", "10.0.0.0/33", "not a CIDR"),
+        ("HUB_WEBHOOK_TIMEOUT", "soon", "not a number"),
+        ("HUB_PAGE_SIZE", "0", "greater than zero"),
+        ("HUB_PORTAL_URL", "portal.example.nl", "not an http"),
+        ("HUB_PUBLIC_URL", "ftp://hub", "not an http"),
+        ("HUB_SMTP_URL", "mail.example.nl:25", "not an smtp"),
+    ],
+)
+def test_bad_values_name_the_variable(variable: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=f"{variable}.*{message}"):
+        from_env({variable: value})
