@@ -87,7 +87,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         outbound = OutboundClient(settings)
     except SettingsError as exc:
         raise SystemExit(f"hub: cannot start: {exc}") from exc
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, pool_size=settings.database_pool_size)
     await upgrade(database)
     chain_key = load_or_create_key(settings.keys_dir)
     runtime = Runtime(

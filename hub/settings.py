@@ -23,6 +23,9 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite+aiosqlite:///./var/hub.db"
+    # PostgreSQL connections one hub process may hold (plus its LISTEN connection);
+    # requests wait for a free one rather than exhaust the server's max_connections.
+    database_pool_size: int = 10
     public_url: str = "http://127.0.0.1:8080"
     apps_file: Path = Path("examples/apps.yaml")
     authz_matrix: Path = Path("authz_matrix.yaml")
@@ -113,6 +116,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     ca_bundle = env.get("HUB_CA_BUNDLE") or None
     return Settings(
         database_url=text("HUB_DATABASE_URL", defaults.database_url),
+        database_pool_size=int(_number(env, "HUB_DATABASE_POOL_SIZE", defaults.database_pool_size)),
         public_url=_http_url(env, "HUB_PUBLIC_URL", defaults.public_url).rstrip("/"),
         apps_file=Path(text("HUB_APPS", str(defaults.apps_file))),
         authz_matrix=Path(text("HUB_AUTHZ_MATRIX", str(defaults.authz_matrix))),

@@ -19,6 +19,7 @@ def test_every_variable_is_read() -> None:
     settings = from_env(
         {
             "HUB_DATABASE_URL": "postgresql+asyncpg://hub@db/hub",
+            "HUB_DATABASE_POOL_SIZE": "3",
             "HUB_PUBLIC_URL": "https://hub.example.nl/",
             "HUB_APPS": "/etc/hub/apps.yaml",
             "HUB_AUTHZ_MATRIX": "/etc/hub/matrix.yaml",
@@ -31,6 +32,7 @@ def test_every_variable_is_read() -> None:
         }
     )
     assert not settings.is_sqlite
+    assert settings.database_pool_size == 3
     assert settings.public_url == "https://hub.example.nl"
     assert settings.token_endpoint("d") == "https://hub.example.nl/d/oauth2/token"
     assert settings.apps_file == Path("/etc/hub/apps.yaml")

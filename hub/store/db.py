@@ -61,7 +61,7 @@ def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
 class Database:
     """The hub's database: `write()` and `read()` give transactional sessions."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.dialect = make_url(url).get_backend_name()
         if self.dialect == "sqlite":
@@ -69,7 +69,12 @@ class Database:
             self.write_engine = _sqlite_engine(url, writer=True)
             self.read_engine = _sqlite_engine(url, writer=False)
         elif self.dialect == "postgresql":
-            engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+            # No overflow: a burst of requests queues for a connection (up to
+            # pool_timeout) instead of opening more, so N hub processes on one
+            # server never hold more than N times pool_size connections.
+            engine = create_async_engine(
+                url, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_pre_ping=True
+            )
             self.write_engine = engine
             # A search counts and pages in one snapshot, so reads are REPEATABLE READ.
             self.read_engine = engine.execution_options(isolation_level="REPEATABLE READ")

@@ -225,6 +225,8 @@ def hub_settings(tmp_path: Path, database_url: str, apps_file: Path, **overrides
 
     base = Settings(
         database_url=database_url,
+        # Small, so two xdist workers' hubs stay far below PostgreSQL's max_connections.
+        database_pool_size=4,
         apps_file=apps_file,
         authz_matrix=MATRIX,
         keys_dir=tmp_path / "keys",

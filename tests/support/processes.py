@@ -51,6 +51,7 @@ class HubProcess:
         self.env = {
             **os.environ,
             "HUB_DATABASE_URL": database_url,
+            "HUB_DATABASE_POOL_SIZE": "4",
             "HUB_PUBLIC_URL": self.public_url,
             "HUB_APPS": str(apps_file),
             "HUB_AUTHZ_MATRIX": str(MATRIX),
