@@ -105,25 +105,12 @@ class Deliverer:
     async def _deliver_webhook(self, row: OutboxRow) -> None:
         subscription = await self._still_wanted(row)
         if subscription is None:
-            async with self.runtime.database.write() as session:
-                await outbox.drop(session, row, owner=self.owner)
+            await self._drop(row)
             return
-        trace = TraceIds.new(correlation_id=row.request_id, trace_id=row.trace_id)
-        try:
-            headers = notification_headers(
-                channel_headers=subscription.headers,
-                request_id=trace.request_id,
-                correlation_id=row.request_id,
-                trace_id=row.trace_id,
-            )
-        except ValueError as exc:
-            # Stored before the header rules tightened: retrying cannot help, so say so once.
-            attempt = Attempt(False, f"unusable channel.header: {exc}", permanent=True)
-        else:
-            result = await self._post(row, subscription, headers)
-            if result is None:
-                return  # the lease was lost: another worker delivers this row
-            attempt = _webhook_attempt(result)
+        sent = await self._send(row, subscription)
+        if sent is None:
+            return  # dropped after waiting, or the lease was lost to another worker
+        subscription, attempt, trace = sent
         event = transmit_event(
             success=attempt.success,
             outcome_description=attempt.description,
@@ -139,23 +126,52 @@ class Deliverer:
         )
         await self._record(row, attempt, event, subscription_id=subscription.id)
 
-    async def _post(
-        self, row: OutboxRow, subscription: LiveSubscription, headers: list[tuple[str, str]]
-    ) -> DeliveryResult | None:
-        """Send within the endpoint's concurrency limit; None if the lease was lost meanwhile."""
+    async def _send(
+        self, row: OutboxRow, subscription: LiveSubscription
+    ) -> tuple[LiveSubscription, Attempt, TraceIds] | None:
+        """Send within the endpoint's concurrency limit; None if nothing was sent."""
         assert row.pk is not None
-        if self.limiter.busy(subscription.endpoint):
+        waits = self.limiter.busy(subscription.endpoint)
+        if waits:
             self.waiting[row.pk] = subscription.id
             self.on_waiting()
         try:
             async with self.limiter.slot(subscription.endpoint):
                 self.waiting.pop(row.pk, None)
+                if waits:
+                    # Behind a slow receiver the wait can be long: the Subscription may
+                    # have been turned off, or its owner lost the right to read, meanwhile.
+                    rechecked = await self._still_wanted(row)
+                    if rechecked is None:
+                        await self._drop(row)
+                        return None
+                    subscription = rechecked
                 # Waiting for a busy receiver's slot may have used up much of the lease.
                 if not await self._keep_lease(row):
                     return None
-                return await self.client.post_notification(subscription.endpoint, headers)
+                trace = TraceIds.new(correlation_id=row.request_id, trace_id=row.trace_id)
+                return subscription, await self._post(row, subscription, trace), trace
         finally:
             self.waiting.pop(row.pk, None)
+
+    async def _post(
+        self, row: OutboxRow, subscription: LiveSubscription, trace: TraceIds
+    ) -> Attempt:
+        try:
+            headers = notification_headers(
+                channel_headers=subscription.headers,
+                request_id=trace.request_id,
+                correlation_id=row.request_id,
+                trace_id=row.trace_id,
+            )
+        except ValueError as exc:
+            # Stored before the header rules tightened: retrying cannot help, so say so once.
+            return Attempt(False, f"unusable channel.header: {exc}", permanent=True)
+        return _webhook_attempt(await self.client.post_notification(subscription.endpoint, headers))
+
+    async def _drop(self, row: OutboxRow) -> None:
+        async with self.runtime.database.write() as session:
+            await outbox.drop(session, row, owner=self.owner)
 
     async def _keep_lease(self, row: OutboxRow) -> bool:
         """Extend the lease to cover the whole send; False if it was lost.
@@ -237,9 +253,6 @@ class Deliverer:
     ) -> None:
         now = utcnow()
         async with self.runtime.database.write() as session:
-            await store_event(
-                session, domain=row.domain, event=event, chain_key=self.runtime.chain_key, now=now
-            )
             if attempt.success:
                 await outbox.complete(session, row, owner=self.owner)
             else:
@@ -253,6 +266,12 @@ class Deliverer:
                 )
             if subscription_id is not None:
                 await self._keep_health(session, row.domain, subscription_id, attempt, now)
+            # The audit chain's head is locked last, as every write path does: a client's
+            # Subscription update locks the Subscription first and the head last, so the
+            # opposite order here would deadlock against it on PostgreSQL.
+            await store_event(
+                session, domain=row.domain, event=event, chain_key=self.runtime.chain_key, now=now
+            )
 
     def _next_attempt(self, row: OutboxRow, attempt: Attempt, now: datetime) -> datetime | None:
         if attempt.gone or attempt.permanent:

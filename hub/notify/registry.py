@@ -10,11 +10,17 @@ The index lives in memory in every process. `ensure_current` compares the
 index with the domain's generation row inside each write transaction and
 reloads when another process (or this one) changed a Subscription, so no write
 is ever matched against a stale index.
+
+A generation is a random stamp, not a counter: a counter bumped in a
+transaction that then rolls back would be bumped to the same number by the
+next change, and an index cached from the rolled-back transaction's
+uncommitted rows would pass for current.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -110,12 +116,11 @@ async def _generation(session: AsyncSession, domain: str) -> int:
 async def bump_generation(session: AsyncSession, domain: str) -> None:
     """Call in every transaction that changes a Subscription of `domain`."""
     insert = pg_insert if dialect_of(session) == "postgresql" else sqlite_insert
-    statement = insert(SubscriptionGeneration).values(domain=domain, generation=1)
+    # Never 0, the generation of a domain without the row; 62 bits fit a signed BIGINT.
+    stamp = secrets.randbits(62) | 1
+    statement = insert(SubscriptionGeneration).values(domain=domain, generation=stamp)
     await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["domain"],
-            set_={"generation": col(SubscriptionGeneration.generation) + 1},
-        )
+        statement.on_conflict_do_update(index_elements=["domain"], set_={"generation": stamp})
     )
 
 

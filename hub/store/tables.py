@@ -210,7 +210,7 @@ class OutboxRow(SQLModel, table=True):
 
 
 class SubscriptionGeneration(SQLModel, table=True):
-    """Bumped by every Subscription change of a domain, in the same transaction.
+    """Re-stamped with a random value by every Subscription change of a domain, in its transaction.
 
     Each process keeps an in-memory index of live Subscriptions and compares its
     generation with this row inside every write transaction, so a write never

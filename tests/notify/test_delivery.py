@@ -182,3 +182,38 @@ async def test_a_failed_attempt_is_rescheduled_with_its_error(
     assert row.last_error == f"HTTP 500 from {https_receiver.url()}"
     assert row.first_attempt_at is not None
     assert row.next_attempt_at > row.first_attempt_at
+
+
+async def test_a_notification_waiting_for_a_busy_endpoint_is_checked_again_before_it_goes(
+    tmp_path: Path,
+    database_url: str,
+    app_keys: dict[str, AppKeys],
+    local_ca: LocalCA,
+    gate: HttpsReceiver,
+) -> None:
+    # One request at a time per endpoint: the second notification is claimed, then
+    # waits behind the first, which the receiver holds.
+    with notifying_hub(tmp_path, database_url, app_keys, local_ca, endpoint_concurrency=1) as hub:
+        async with hub.client("xis") as xis:
+            await subscribe(xis, "Patient?gender=male", gate.url("/a"))
+            paused_id = await subscribe(xis, "Patient?gender=female", gate.url("/b"))
+            gate.hold()
+            await create(xis, MALE, trace="first")
+            await gate.wait_for_async(1)
+            await create(xis, FEMALE, trace="waiting")
+
+            async def claimed() -> bool:
+                rows = await outbox(hub.settings.database_url)
+                return any(r.subscription_id == paused_id and r.lease_owner for r in rows)
+
+            await eventually(claimed, what="the second notification to be claimed")
+            current = await read(xis, f"/Subscription/{paused_id}")
+            paused = await xis.put(
+                f"/Subscription/{paused_id}",
+                json=current | {"status": "off"},
+                headers={"If-Match": 'W/"1"'},
+            )
+            assert paused.status_code == 200, paused.text
+            gate.release()
+            await drained(hub.settings.database_url)
+    assert correlation_ids(gate.requests) == ["first-w"]

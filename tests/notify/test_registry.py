@@ -148,6 +148,42 @@ async def test_the_generation_is_what_tells_an_index_to_reload(database: Databas
     assert await candidates(index, database, PATIENT_M) == {"s1"}
 
 
+class _RolledBack(Exception):
+    pass
+
+
+async def test_an_index_loaded_in_a_rolled_back_transaction_is_not_taken_for_current(
+    database: Database,
+) -> None:
+    await store(database, "s0", "Patient")
+    here, elsewhere = SubscriptionIndex(), SubscriptionIndex()
+    assert await candidates(here, database, PATIENT_F) == {"s0"}
+    # "here" adds a subscription and matches a write against it in the same transaction,
+    # as the write path does, and then the transaction rolls back...
+    try:
+        async with database.write() as session:
+            phantom = _subscription("phantom", "Patient")
+            await resources.insert(
+                session,
+                domain="test",
+                rtype="Subscription",
+                id="phantom",
+                content=jsonio.dumps(phantom),
+                last_updated=utcnow(),
+                origin="xis",
+                values=extract(phantom),
+            )
+            await bump_generation(session, "test")
+            await here.ensure_current(session, "test")
+            raise _RolledBack
+    except _RolledBack:
+        pass
+    # ...while another process commits its own change.
+    assert await candidates(elsewhere, database, PATIENT_F) == {"s0"}
+    await store(database, "real", "Patient")
+    assert await candidates(here, database, PATIENT_F) == {"s0", "real"}
+
+
 async def test_domains_do_not_share_subscriptions(database: Database) -> None:
     await store(database, "in-test", "Patient")
     await store(database, "in-other", "Patient", domain="other")
