@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from hub.access.apps import HUB_DEVICE as HUB_DEVICE
 from hub.access.apps import AccessConfig
 from hub.access.jwks_cache import JwksCache
 from hub.access.keys import SigningKeys
@@ -13,9 +14,6 @@ from hub.audit.writer import AuditWriter
 from hub.notify.registry import SubscriptionIndex
 from hub.settings import Settings
 from hub.store.db import Database
-
-# The id of the hub's own Device in every domain; no application may take it.
-HUB_DEVICE = "koppeltaal-hub"
 
 
 def utcnow() -> datetime:

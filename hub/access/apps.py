@@ -31,6 +31,8 @@ from hub.access.matrix import FHIR_ID, RESOURCE_TYPES, Matrix, load_matrix
 
 logger = logging.getLogger(__name__)
 
+# The id of the hub's own Device in every domain; no application may take it.
+HUB_DEVICE = "koppeltaal-hub"
 DOMAIN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 MIN_RSA_BITS = 2048
 # Members that only a private (or symmetric) JWK has: RFC 7518 §6.2.2, §6.3.2, §6.4.
@@ -209,6 +211,12 @@ def _app(source: Path | str, domain: str, position: int, raw: object, matrix: Ma
             source,
             f"{domain}/apps[{position}]",
             f"client_id {client_id!r} must be a FHIR id (1-64 of A-Za-z0-9-.): it is a Device id",
+        )
+    if client_id == HUB_DEVICE:
+        raise ConfigError(
+            source,
+            f"{domain}/apps[{position}]",
+            f"client_id {client_id!r} is the hub's own Device id",
         )
     entry = f"{domain}/{client_id}"
 

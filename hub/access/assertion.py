@@ -82,7 +82,7 @@ class OAuthError(Exception):
 
 
 def _refuse(detail: str) -> OAuthError:
-    return OAuthError("invalid_client", 400, detail)
+    return OAuthError("invalid_client", 401, detail)
 
 
 def _registry(alg: str | None = None) -> JWSRegistry:

@@ -210,7 +210,7 @@ async def exchange(
     # RFC 7523 §3: a client_id parameter, when sent, must name the authenticated client.
     if form.get("client_id") not in (None, "", app.client_id):
         raise OAuthError(
-            "invalid_client", 400, f"client_id {form.get('client_id')!r} != {app.client_id}"
+            "invalid_client", 401, f"client_id {form.get('client_id')!r} != {app.client_id}"
         )
 
     granted = matrix.scopes(app.role, app.client_id, app.grants)

@@ -20,9 +20,9 @@ from starlette.routing import Route
 from hub import trace
 from hub.api.auth import authenticate
 from hub.api.errors import internal_error
-from hub.api.refusals import audit_refusal, public_exchange
+from hub.api.refusals import public_exchange
 from hub.api.responses import FHIR_JSON, PLAIN_JSON, FhirResponse, error_response
-from hub.audit.events import Entity
+from hub.audit.events import Entity, query_entity
 from hub.fhir.capability import capability_statement
 from hub.fhir.model import is_supported
 from hub.fhir.outcome import FhirError, information, not_found
@@ -131,6 +131,9 @@ async def perform(
         client_address=_client_address(request),
         rtype=rtype,
         prefer=Prefer.parse(request.headers.get("prefer")),
+        # What was asked for, so a request refused before the interaction runs (401,
+        # 404 of an unsupported type, 406) still tells the auditor what was tried.
+        entities=_requested(request, interaction, rtype),
     )
     media_type = FHIR_JSON
     try:
@@ -151,6 +154,16 @@ async def perform(
         with contextlib.suppress(Exception):
             await exchange.fail(internal_error())
         raise
+
+
+def _requested(request: Request, interaction: str, rtype: str | None) -> list[Entity]:
+    params = request.path_params
+    if rtype is not None and "id" in params:
+        version = f"/_history/{params['vid']}" if "vid" in params else ""
+        return [Entity(what=f"{rtype}/{params['id']}{version}")]
+    if interaction == "search-type" and request.url.query:
+        return [query_entity(request.url.query)]
+    return []
 
 
 def _resource_headers(version: reads.Found) -> dict[str, str]:
@@ -271,6 +284,8 @@ async def _update(request: Request, exchange: Exchange, rtype: str, id: str) -> 
 
 
 async def _delete(exchange: Exchange, rtype: str, id: str) -> Response:
+    if rtype in APPEND_ONLY:
+        raise writes.append_only(rtype)
     deleted = await writes.delete(exchange, rtype, id)
     text = f"{rtype}/{id} deleted" if deleted else f"{rtype}/{id} was already deleted"
     return FhirResponse(information(text), 200)
@@ -295,33 +310,11 @@ async def vread(request: Request) -> Response:
     return await perform(request, "vread", operation, rtype=rtype)
 
 
-def _append_only_guard(
-    handler: Callable[[Request], Awaitable[Response]],
-) -> Callable[[Request], Awaitable[Response]]:
-    """PUT and DELETE of an AuditEvent: 405 for everyone, authenticated or not (still audited)."""
-
-    async def guarded(request: Request) -> Response:
-        rtype = request.path_params["rtype"]
-        known = request.path_params["domain"] in runtime_of(request).access.registry.domains
-        if known and request.method in ("PUT", "DELETE") and rtype in APPEND_ONLY:
-            error = writes.append_only(rtype)
-            target = Entity(what=f"{rtype}/{request.path_params['id']}")
-            await audit_refusal(request, error, entities=[target])
-            return error_response(error)
-        return await handler(request)
-
-    return guarded
-
-
 routes = [
     Route("/{domain}/fhir/metadata", metadata, methods=["GET"]),
     Route("/{domain}/fhir/{rtype}/_search", search_post, methods=["POST"]),
     Route("/{domain}/fhir/{rtype}/{id}/_history/{vid}", vread, methods=["GET"]),
     Route("/{domain}/fhir/{rtype}/{id}/_history", history, methods=["GET"]),
-    Route(
-        "/{domain}/fhir/{rtype}/{id}",
-        _append_only_guard(instance),
-        methods=["GET", "PUT", "DELETE"],
-    ),
+    Route("/{domain}/fhir/{rtype}/{id}", instance, methods=["GET", "PUT", "DELETE"]),
     Route("/{domain}/fhir/{rtype}", type_endpoint, methods=["GET", "POST"]),
 ]

@@ -108,6 +108,7 @@ BAD_APPS: list[tuple[str, Mutation, str, str]] = [
     ("grant of unknown app", set_key("grants", {"Task": ["ghost"]}), "demo/epd", "'ghost'"),
     ("grants not lists", set_key("grants", {"Task": "module"}), "demo/epd", "must be a list"),
     ("bad client_id", set_key("client_id", "e pd"), "demo/apps[0]", "must be a FHIR id"),
+    ("hub's client_id", set_key("client_id", "koppeltaal-hub"), "demo/apps[0]", "hub's own"),
     ("duplicate domain", duplicate_domain, "demo", "domain name appears twice"),
 ]
 

@@ -109,7 +109,7 @@ async def refused(assertion: str, domain: Domain, detail: str, **options: Any) -
         "error": "invalid_client",
         "error_description": "client authentication failed",
     }
-    assert error.status == 400
+    assert error.status == 401
     return error
 
 

@@ -132,9 +132,15 @@ def form(assertion: str, **changes: str | None) -> dict[str, str]:
     return {name: value for name, value in fields.items() if value is not None}
 
 
-def assert_oauth_error(response: httpx.Response, error: str, status: int = 400) -> dict[str, str]:
-    """An RFC 6749 §5.2 error response: JSON with `error`, never cached."""
-    assert response.status_code == status, response.text
+def assert_oauth_error(
+    response: httpx.Response, error: str, status: int | None = None
+) -> dict[str, str]:
+    """An RFC 6749 §5.2 error response: JSON with `error`, never cached.
+
+    Unless `status` says otherwise: a failed client authentication is 401, others 400.
+    """
+    expected = status or (401 if error == "invalid_client" else 400)
+    assert response.status_code == expected, response.text
     assert response.headers["content-type"] == "application/json"
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["pragma"] == "no-cache"

@@ -310,7 +310,7 @@ async def test_bad_token_requests(
     body = caught.value.to_json()
     assert body["error"] == error
     assert description in body["error_description"]
-    assert caught.value.status == 400
+    assert caught.value.status == (401 if error == "invalid_client" else 400)
     assert caught.value.headers["Cache-Control"] == "no-store"
 
 

@@ -106,7 +106,7 @@ CASES = [
     Case("update AuditEvent", "PUT", "/AuditEvent/x", 405, client="auditor",
          body=fhir_json({"resourceType": "AuditEvent", "id": "x"}), headers={"If-Match": 'W/"1"'}),
     Case("delete AuditEvent", "DELETE", "/AuditEvent/x", 405, client="admin"),
-    Case("delete AuditEvent, no token", "DELETE", "/AuditEvent/x", 405, client=None),
+    Case("delete AuditEvent, no token", "DELETE", "/AuditEvent/x", 401, client=None),
     Case("PATCH", "PATCH", "/Patient/x", 405, body=b"[]"),
     Case("POST to an instance", "POST", "/Patient/x", 405,
          body=fhir_json({"resourceType": "Patient"})),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx
@@ -46,6 +47,8 @@ async def test_401_records_the_address_but_no_device(
 
     event = await event_of(shared_hub, ids.request_id)
     assert_refused(event, response, ids, interaction="read", action="R", caller=None)
+    # What was tried is on record, although the interaction never ran.
+    assert [entity["what"]["reference"] for entity in event["entity"]] == ["Patient/someone"]
 
 
 async def test_a_token_of_another_domain_is_refused_and_audited_here(
@@ -61,6 +64,9 @@ async def test_a_token_of_another_domain_is_refused_and_audited_here(
 
     event = await event_of(shared_hub, ids.request_id)
     assert_refused(event, response, ids, interaction="search-type", action="E", caller=None)
+    [query] = event["entity"]
+    assert base64.b64decode(query["query"]) == b"_count=1"
+    assert query["role"]["code"] == "24"
     elsewhere = await search_events(
         shared_hub, {"requestId": ids.request_id}, domain="other", auditor="other-xis"
     )
@@ -175,7 +181,7 @@ async def test_422_business_rule(shared_hub: HubServer) -> None:
 async def test_405_update_or_delete_of_an_audit_event(
     shared_hub: HubServer, client_id: str | None, method: str
 ) -> None:
-    """AuditEvents are append-only: for everyone, with or without a token, and audited."""
+    """AuditEvents are append-only for every application (without a token: 401); audited."""
     ids = TraceHeaders.new()
     async with shared_hub.client("xis") as xis:
         read = await xis.get("/metadata", headers={"X-Request-Id": f"target-{ids.request_id}"})
@@ -189,8 +195,11 @@ async def test_405_update_or_delete_of_an_audit_event(
             json={**target, "outcome": "8"},
             headers={"If-Match": 'W/"1"', **ids.headers},
         )
-    assert response.status_code == 405
-    assert response.headers["Allow"] == "GET, POST"
+    if client_id is None:
+        assert response.status_code == 401
+    else:
+        assert response.status_code == 405
+        assert response.headers["Allow"] == "GET, POST"
 
     event = await event_of(shared_hub, ids.request_id)
     interaction, action = ("update", "U") if method == "PUT" else ("delete", "D")
