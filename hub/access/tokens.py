@@ -55,6 +55,10 @@ class InvalidToken(Exception):
         self.reason = reason
 
 
+class UnknownKeyId(InvalidToken):
+    """The token names a `kid` the hub does not (yet) know: perhaps a newer key."""
+
+
 @dataclass(frozen=True)
 class AccessToken:
     """A verified access token. It holds no domain: it was verified for the one called."""
@@ -114,7 +118,7 @@ def verify_access_token(
     kid = header.get("kid")
     key = next((k for k in keys if k.kid == kid), None) if isinstance(kid, str) else None
     if key is None:
-        raise InvalidToken(f"unknown kid {kid!r}")
+        raise UnknownKeyId(f"unknown kid {kid!r}")
     try:
         verified = jws.deserialize_compact(token, key, algorithms=[algorithm])
         claims = json.loads(verified.payload)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from starlette.requests import Request
 
 from hub.access.policy import Access, Caller, role_scopes
-from hub.access.tokens import InvalidToken, verify_access_token
+from hub.access.tokens import AccessToken, InvalidToken, UnknownKeyId, verify_access_token
 from hub.fhir.outcome import FhirError
 from hub.runtime import Runtime
 
@@ -37,14 +37,12 @@ def authenticate(runtime: Runtime, request: Request, domain: str) -> Access:
             headers={"WWW-Authenticate": 'Bearer realm="koppeltaal"'},
         )
     try:
-        verified = verify_access_token(
-            token.strip(),
-            keys=runtime.keys.verification_keys(),
-            algorithm=runtime.settings.token_algorithm,
-            issuer=runtime.issuer(domain),
-            audience=runtime.fhir_base(domain),
-            now=datetime.now(UTC),
-        )
+        try:
+            verified = _verify(runtime, token.strip(), domain)
+        except UnknownKeyId:
+            # Signed with a key another process made after this one last read the keys.
+            runtime.keys.refresh()
+            verified = _verify(runtime, token.strip(), domain)
     except InvalidToken as exc:
         log.info("access token refused on %s: %s", domain, exc)
         raise unauthorized() from exc
@@ -56,3 +54,14 @@ def authenticate(runtime: Runtime, request: Request, domain: str) -> Access:
         )
         raise unauthorized()
     return Access(Caller(domain, verified.client_id, verified.scopes), granted)
+
+
+def _verify(runtime: Runtime, token: str, domain: str) -> AccessToken:
+    return verify_access_token(
+        token,
+        keys=runtime.keys.verification_keys(),
+        algorithm=runtime.settings.token_algorithm,
+        issuer=runtime.issuer(domain),
+        audience=runtime.fhir_base(domain),
+        now=datetime.now(UTC),
+    )

@@ -81,6 +81,8 @@ async def token(request: Request) -> Response:
         async with runtime.database.write() as session:
             return await remember_jti(session, domain, client_id, jti, expires_at)
 
+    # Sign with the newest key, even if another process rotated it a moment ago.
+    runtime.keys.refresh()
     try:
         body = await exchange(
             fields,

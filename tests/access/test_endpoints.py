@@ -322,6 +322,30 @@ async def test_fhir_api_refuses_bad_tokens(module_hub: HubServer) -> None:
     assert other_domain.status_code == 401
 
 
+async def test_a_key_rotated_by_another_process_is_used_and_accepted_at_once(
+    tmp_path: Path, database_url: str, app_keys: dict[str, AppKeys]
+) -> None:
+    apps_file = write_apps_file(tmp_path / "apps.yaml", app_keys)
+    # Housekeeping (which also re-reads the keys) out of the way: only the request path
+    # can notice the rotation here.
+    settings = hub_settings(tmp_path, database_url, apps_file, housekeeping_seconds=3600)
+    with running_hub(settings, app_keys) as hub:
+        before = hub.token("xis")
+        # Another hub process (or `hub keys rotate`) makes the next key in the shared dir.
+        rotated = SigningKeys.load_or_create(hub.settings).rotate()
+        minted_elsewhere = _hub_token(hub, audience=hub.fhir(), lifetime=60, now=datetime.now(UTC))
+        async with httpx.AsyncClient() as client:
+            issued = await client.post(hub.token_url(), data=hub.token_form("xis", "test"))
+            answers = [
+                await client.get(f"{hub.fhir()}/Patient", headers={"Authorization": f"Bearer {t}"})
+                for t in (minted_elsewhere, before)
+            ]
+    assert issued.status_code == 200, issued.text
+    for token in (issued.json()["access_token"], minted_elsewhere):
+        assert jwt.decode(token, rotated.key, algorithms=["RS512"]).header["kid"] == rotated.kid
+    assert [answer.status_code for answer in answers] == [200, 200]
+
+
 async def test_token_endpoint_limits_the_body(
     tmp_path: Path, database_url: str, app_keys: dict[str, AppKeys]
 ) -> None:
