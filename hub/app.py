@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -102,7 +103,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         version=_version(),
     )
     await ensure_devices(database, access.registry)
-    owner = f"{socket.gethostname()}:{os.getpid()}"
+    # Unique per process even where host names and pids repeat (containers: every hub
+    # is pid 1); readable in the outbox for an operator. At most 64 characters.
+    owner = f"{socket.gethostname()[:34]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     dispatcher = Dispatcher(runtime, Deliverer(runtime, outbound, owner=owner))
     runtime.wake_dispatcher = dispatcher.wake
     listener = (

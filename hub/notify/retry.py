@@ -5,8 +5,10 @@ every 3 h, for 2 days from the first attempt. Each delay is jittered by ±20 % s
 that the deliveries that failed together during a receiver's outage do not all
 come back at the same instant; the bands do not overlap, so the schedule stays
 monotone whatever the jitter. A receiver's `Retry-After` wins when it asks for
-later than the schedule (up to `RETRY_AFTER_CAP`), jittered upwards only, so it is
-never retried sooner than it asked.
+later than the schedule, jittered upwards only, so it is never retried sooner
+than it asked, up to `RETRY_AFTER_CAP`: a receiver that asks for more than six
+hours is still tried after six, so a mistaken header cannot silence it for
+most of the two-day window.
 """
 
 from __future__ import annotations
