@@ -8,12 +8,13 @@ client's own document (plus server-set fields), never the model re-serialised.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cache
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from hub.fhir import jsonio
 from hub.fhir.outcome import FhirError, Issue, bad_request
@@ -23,6 +24,9 @@ from hub.fhir.search_params import SUPPORTED_TYPES
 R4B_ONLY_ELEMENTS: Mapping[str, tuple[str, ...]] = {
     "ActivityDefinition": ("subjectCanonical", "_subjectCanonical"),
 }
+
+Rules = Callable[[Mapping[str, Any]], Iterable[Issue]]
+"""A resource type's own rules: every issue they find in a resource, whatever JSON it holds."""
 
 
 @cache
@@ -58,7 +62,7 @@ def _path(resource_type: str, location: tuple[int | str, ...]) -> str:
     for part in location:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part != "__root__":
+        elif part not in ("__root__", "root"):  # fhir_core's own errors say "root"
             path += f".{part}"
     return path
 
@@ -91,11 +95,68 @@ def _empty_values(value: Any, path: str) -> Iterator[Issue]:
                 yield from _empty_values(item, f"{path}[{index}]")
 
 
-def validate(resource: Mapping[str, Any]) -> None:
-    """Check `resource` against the R4 structure; raise 400 listing every problem."""
+# Pydantic's and fhir_core's error types for an element that is missing or of the wrong
+# JSON type ("json_invalid": a string where an object belongs; "model_validation_format":
+# another value where one belongs).
+_WRONG_TYPE_ERRORS = ("missing", "_type", "_parsing", "json_invalid", "model_validation_format")
+
+
+def _is_resource_type(name: Any) -> bool:
+    try:
+        return isinstance(name, str) and bool(_model(name).has_resource_base())
+    except ValueError:  # "... is not a valid FHIR Model"
+        return False
+
+
+def _unknown_resource_types(value: Any, path: str) -> Iterator[Issue]:
+    """Objects below `value` whose `resourceType` names no FHIR resource type."""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        where = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
+        if (
+            isinstance(item, dict)
+            and "resourceType" in item
+            and not _is_resource_type(item["resourceType"])
+        ):
+            yield Issue(
+                "structure",
+                "resourceType must name a FHIR R4 resource type",
+                (f"{where}.resourceType",),
+            )
+        if isinstance(item, dict | list):
+            yield from _unknown_resource_types(item, where)
+
+
+def _is_about_shape(error: ErrorDetails) -> bool:
+    """Whether pydantic refuses an element's presence, emptiness, JSON type or shape.
+
+    Anything else (an unknown element, the characters or format of a present value) is
+    a fact of its own.
+    """
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return False
+    value = error.get("input")
+    return (
+        kind.endswith(_WRONG_TYPE_ERRORS)
+        or isinstance(value, dict | list)  # e.g. a choice element with no or two values
+        or value == ""
+    )
+
+
+def validate(resource: Mapping[str, Any], *, rules: Rules | None = None) -> None:
+    """Check `resource` against the R4 structure and its type's own `rules`; raise one 400.
+
+    The 400 lists every problem of both, so a client fixes its request in one round
+    trip. `rules` run even when the structure is broken, so they must take any JSON.
+    Where a rule names an element whose presence, emptiness, JSON type or shape the
+    model refuses too, both say the same thing and only the rule's issue (which knows
+    what the element is for) is kept; what the model says about a value's characters
+    or format, or about unknown elements, is always kept: rules do not check that.
+    """
     resource_type = str(resource["resourceType"])
-    issues = list(_empty_values(dict(resource), resource_type))
-    issues += [
+    shape = list(_empty_values(dict(resource), resource_type))
+    other = [
         Issue(
             "structure",
             f"{element} is not an element of FHIR R4 {resource_type}",
@@ -113,6 +174,17 @@ def validate(resource: Mapping[str, Any]) -> None:
             message = " ".join(str(error["msg"]).split())
             if error["type"] == "extra_forbidden":
                 message = f"Unknown element {location[-1]!r}"
-            issues.append(Issue("structure", message, (_path(resource_type, location),)))
+            issue = Issue("structure", message, (_path(resource_type, location),))
+            (shape if _is_about_shape(error) else other).append(issue)
+    except (KeyError, TypeError):
+        # The model looks a contained resource's class up by its resourceType unchecked,
+        # and raises on one that names no resource: it has no verdict then but that.
+        unknown = list(_unknown_resource_types(resource, resource_type))
+        if not unknown:
+            raise
+        other += unknown
+    own = list(rules(resource)) if rules is not None else []
+    named = {issue.expression for issue in own}
+    issues = [*(issue for issue in shape if issue.expression not in named), *other, *own]
     if issues:
         raise FhirError(400, issues)

@@ -6,8 +6,10 @@ and the patient as a contained Patient with a BSN, referenced by `recipient`. Th
 refuses a Communication that breaks the contract with a 400 listing every violation at
 once, so a sender fixes its request in one round trip instead of one error at a time.
 
-The resource has already passed the FHIR model; these rules are about the contract, but
-they never assume the shape and never raise on odd JSON.
+These rules run together with the FHIR R4 model check (one 400 reports both), so they see
+requests whose structure is broken too: they never assume the shape and never raise on
+odd JSON. Where a rule and the model refuse the same element for the same reason, the
+rule's issue is the one reported.
 
 Diagnostics name the element and the rule but never echo the patient's data (BSN,
 e-mail address, subject, message): they end up in AuditEvent.outcomeDesc, which an
@@ -45,6 +47,9 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _EMAIL_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+", re.ASCII)
 _MAX_EMAIL_LENGTH = 254  # RFC 5321: a forward-path of 256 octets including "<" and ">"
 _MAX_LOCAL_PART_LENGTH = 64
+# The whitespace of FHIR R4's base64Binary pattern `(\s*([0-9a-zA-Z\+/=]){4}\s*)+` (its
+# `\s` is XML Schema's: space, tab, CR and LF), allowed between groups of four characters.
+_BASE64_WHITESPACE = re.compile(r"[ \t\r\n]+")
 
 
 def validate_communication(resource: Mapping[str, Any]) -> list[Issue]:
@@ -110,20 +115,24 @@ def is_email_address(value: str) -> bool:
 
 
 def decode_base64(text: str) -> bytes | None:
-    """The bytes of strict RFC 4648 base64 `text`, or None when it is not exactly that.
+    """The bytes of base64 `text` as FHIR R4 base64Binary holds it, or None when it is not.
 
-    Strict means: only the base64 alphabet, no whitespace or line breaks, `=` padding
-    to a multiple of four, and zero padding bits (so one byte string has one encoding).
+    The characters are RFC 4648's: one or more groups of four from the base64 alphabet,
+    `=` padding only to complete the last group, and zero padding bits (so they have one
+    meaning). Whitespace and line breaks may separate groups of four, as FHIR R4's
+    base64Binary pattern allows (and MIME-style base64, in lines of 76, has them).
     """
-    if not text.isascii():
+    groups = _BASE64_WHITESPACE.split(text)
+    compact = "".join(groups)
+    if not (compact and text.isascii()) or any(len(group) % 4 for group in groups):
         return None
     try:
-        decoded = base64.b64decode(text, validate=True)
+        decoded = base64.b64decode(compact, validate=True)
     except binascii.Error:
         return None
-    # Re-encoding catches what b64decode forgives: missing or misplaced padding and
-    # non-zero padding bits ("QR==" decodes like "QQ==").
-    if base64.b64encode(decoded).decode("ascii") != text:
+    # Re-encoding catches what b64decode forgives: misplaced padding and non-zero
+    # padding bits ("QR==" decodes like "QQ==").
+    if base64.b64encode(decoded).decode("ascii") != compact:
         return None
     return decoded
 
@@ -289,7 +298,8 @@ def _check_attachment(attachment: Any, path: str) -> Iterator[Issue]:
         yield _invalid(
             f"{path}.data",
             "Attachment data is not valid base64 (RFC 4648: only A-Z, a-z, 0-9, '+' and "
-            "'/', '=' padding to a multiple of 4, no whitespace or line breaks)",
+            "'/' in groups of 4, '=' padding only to complete the last group; whitespace "
+            "or line breaks only between groups of 4)",
         )
     elif (
         content_type is not None
@@ -335,16 +345,28 @@ def _check_recipient(resource: Mapping[str, Any]) -> Iterator[Issue]:
     if not isinstance(recipients, list):
         yield _invalid(expression, "Communication.recipient must be an array of References")
         return
-    if len(recipients) > 1:
-        yield _invalid(expression, "A notification goes to exactly one patient: give one recipient")
     for index, recipient in enumerate(recipients):
         yield from _check_recipient_reference(resource, recipient, f"{expression}[{index}]")
+    references = {
+        recipient.get("reference")
+        for recipient in recipients
+        if isinstance(recipient, Mapping) and _is_local_reference(recipient.get("reference"))
+    }
+    if len(references) > 1:
+        yield _invalid(
+            expression,
+            "A notification goes to one patient: every recipient must reference the same "
+            "contained Patient",
+        )
 
 
 def _check_recipient_reference(
     resource: Mapping[str, Any], recipient: Any, path: str
 ) -> Iterator[Issue]:
-    reference = recipient.get("reference") if isinstance(recipient, Mapping) else None
+    if not isinstance(recipient, Mapping):
+        yield _invalid(path, "A Communication.recipient entry must be a Reference object")
+        return
+    reference = recipient.get("reference")
     expression = f"{path}.reference"
     if not _is_local_reference(reference):
         yield _invalid(

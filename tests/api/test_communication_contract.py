@@ -2,14 +2,16 @@
 
 Every rule at its boundary (the last value accepted, the first refused), several
 violations reported together in one 400 OperationOutcome with each element's
-`expression`, the contract's own example accepted and FHIR's example refused; a refused
-request leaves nothing behind but its AuditEvent, on create and on update alike.
+`expression` (those the FHIR R4 structure refuses too, each named once), the contract's
+own example accepted and FHIR's example refused; a refused request leaves nothing behind
+but its AuditEvent, on create and on update alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from sqlmodel import col
 
 from examples.mailcatcher import MailCatcher
 from hub.rules import filetypes
+from hub.rules.bsn import BSN_SYSTEM
 from hub.store.db import Database
 from hub.store.tables import OutboxRow, StoredResource
 from tests.api.common import expressions, fixture, origin_of, outcome
@@ -33,6 +36,7 @@ from tests.rules.samples import (
     docx_bytes,
     example_communication,
     png_bytes,
+    wrapped,
     xlsx_bytes,
 )
 from tests.support.https_receiver import HttpsReceiver, LocalCA
@@ -108,6 +112,18 @@ def setting(path: str, value: Any) -> Change:
     return apply
 
 
+def second_patient(c: dict[str, Any]) -> None:
+    """A second contained Patient (with a valid BSN of its own), a recipient too."""
+    c["contained"].append(
+        {
+            "resourceType": "Patient",
+            "id": "other",
+            "identifier": [{"system": BSN_SYSTEM, "value": "111222333"}],
+        }
+    )
+    c["recipient"].append({"reference": "#other"})
+
+
 FIVE_FILES = (
     attachment(PDF_BYTES, "application/pdf", "a.pdf"),
     attachment(JPEG_BYTES, "image/jpeg", "b.jpg"),
@@ -132,6 +148,16 @@ ACCEPTED: dict[str, list[Change]] = {
     ],
     "no attachment": [attachments()],
     "no e-mail address": [setting("contained.0.telecom", None)],
+    # FHIR R4 base64Binary is (\s*([0-9a-zA-Z\+/=]){4}\s*)+: whitespace between groups of 4.
+    "base64 with a line break": [
+        in_attachment(data=b64(PDF_BYTES)[:8] + "\n" + b64(PDF_BYTES)[8:])
+    ],
+    "base64 in MIME lines of 76": [
+        in_attachment(data=wrapped(b64(PDF_BYTES * 4), 76, "\r\n") + "\r\n")
+    ],
+    "the patient named by two recipient entries": [
+        lambda c: c["recipient"].append({"reference": "#9876543210"})
+    ],
 }
 
 REFUSED: dict[str, tuple[list[Change], list[str]]] = {
@@ -156,8 +182,8 @@ REFUSED: dict[str, tuple[list[Change], list[str]]] = {
         [in_attachment(contentType="text/html")],
         ["Communication.payload[1].contentAttachment.contentType"],
     ),
-    "base64 with a line break": (
-        [in_attachment(data=b64(PDF_BYTES)[:8] + "\n" + b64(PDF_BYTES)[8:])],
+    "base64 broken inside a group of four": (
+        [in_attachment(data=b64(PDF_BYTES)[:7] + "\n" + b64(PDF_BYTES)[7:])],
         [DATA],
     ),
     "attachment without data": ([in_attachment(data=None)], [DATA]),
@@ -194,6 +220,53 @@ REFUSED: dict[str, tuple[list[Change], list[str]]] = {
     "an e-mail that is no address": (
         [setting("contained.0.telecom.0.value", "jan at example")],
         ["Communication.contained[0].telecom[0].value"],
+    ),
+    "recipients that are two patients": ([second_patient], ["Communication.recipient"]),
+}
+
+# Violations the FHIR R4 structure refuses too (a missing status, an empty string, an
+# empty array, a value of the wrong JSON type), with violations of the contract alone:
+# one 400 names every element once, in the contract's words.
+REFUSED_WITH_THE_STRUCTURE: dict[str, tuple[list[Change], list[str]]] = {
+    "no category, a topic of 501 characters, an empty message": (
+        [setting("category", None), topic(501), message(0)],
+        [
+            "Communication.category",
+            "Communication.topic.text",
+            "Communication.payload[0].contentString",
+        ],
+    ),
+    "no status, an empty message, 6 attachments": (
+        [
+            setting("status", None),
+            message(0),
+            attachments(*FIVE_FILES, attachment(PDF_BYTES, "application/pdf", "f.pdf")),
+        ],
+        ["Communication.status", "Communication.payload", "Communication.payload[0].contentString"],
+    ),
+    "an empty payload, no category, a topic of 501 characters": (
+        [setting("payload", []), setting("category", None), topic(501)],
+        ["Communication.payload", "Communication.category", "Communication.topic.text"],
+    ),
+    "a BSN that is a number, an e-mail that is no address, status not completed": (
+        [
+            setting("contained.0.identifier.0.value", 123456782),
+            setting("contained.0.telecom.0.value", "jan at example"),
+            setting("status", "in-progress"),
+        ],
+        [
+            "Communication.contained[0].identifier[0].value",
+            "Communication.contained[0].telecom[0].value",
+            "Communication.status",
+        ],
+    ),
+    "a payload that is no array, no recipient": (
+        [setting("payload", {"contentString": "Hello"}), setting("recipient", None)],
+        ["Communication.payload", "Communication.recipient"],
+    ),
+    "narrative that is a string (structure only), an executable declared as PDF": (
+        [setting("text", "Lab results"), in_attachment(data=b64(EXE_BYTES))],
+        ["Communication.text", DATA],
     ),
 }
 
@@ -245,6 +318,37 @@ async def test_every_violation_is_listed_at_once(module_hub: HubServer) -> None:
     # The diagnostics say what is wrong without repeating the patient's data.
     text = str(body)
     assert "123456789" not in text and "xxxxxxxxxx" not in text
+
+
+@pytest.mark.parametrize(
+    ("changes", "where"),
+    REFUSED_WITH_THE_STRUCTURE.values(),
+    ids=REFUSED_WITH_THE_STRUCTURE.keys(),
+)
+async def test_structure_and_contract_violations_are_listed_together(
+    module_hub: HubServer, changes: list[Change], where: list[str]
+) -> None:
+    request_id = f"structure-and-contract-{uuid.uuid4().hex}"
+    async with module_hub.client("xis") as xis:
+        response = await xis.post(
+            "/Communication", json=changed(*changes), headers={"X-Request-Id": request_id}
+        )
+    body = outcome(response, 400)
+    assert sorted(expressions(body)) == sorted(where)  # each element once
+    [event] = await audit_events(module_hub, requestId=request_id)
+    assert event["outcome"] == "4"
+    assert "entity" not in event  # nothing was written
+
+
+async def test_a_structure_violation_is_said_in_the_contracts_words(
+    module_hub: HubServer,
+) -> None:
+    communication = changed(setting("status", None), message(0), setting("payload.1", None))
+    body = outcome(await post_as_xis(module_hub, communication), 400)
+    said = {issue["expression"][0]: issue["diagnostics"] for issue in body["issue"]}
+    assert set(said) == {"Communication.status", "Communication.payload[0].contentString"}
+    assert "it must be 'completed'" in said["Communication.status"]
+    assert "message text (contentString) is empty" in said["Communication.payload[0].contentString"]
 
 
 async def test_the_contracts_example_is_accepted_with_an_id_of_the_hubs(
@@ -397,3 +501,58 @@ async def test_an_update_is_held_to_the_contract_and_a_refused_one_changes_nothi
     assert (event["subtype"][0]["code"], event["outcome"]) == ("update", "4")
     assert fixed.status_code == 200, fixed.text
     assert fixed.json()["meta"]["versionId"] == "2"
+
+
+async def test_structure_and_contract_violations_store_nothing_on_create_or_update(
+    tmp_path: Path, database_url: str, app_keys: dict[str, AppKeys]
+) -> None:
+    apps_file = write_apps_file(tmp_path / "apps.yaml", app_keys)
+    matrix = matrix_where_the_xis_updates_communications(tmp_path)
+    settings = hub_settings(tmp_path, database_url, apps_file, authz_matrix=matrix)
+    with running_hub(settings, app_keys) as hub:
+        async with hub.client("xis") as xis:
+            refused = await xis.post(
+                "/Communication",
+                json=changed(setting("status", None), message(0), setting("category", None)),
+                headers={"X-Request-Id": "bad-post"},
+            )
+            after_refused_create = await counts(database_url)
+            created = await xis.post("/Communication", json=example_communication())
+            assert created.status_code == 201, created.text
+            after_create = await counts(database_url)
+            stored = created.json()
+            broken = copy.deepcopy(stored)
+            del broken["status"]
+            broken["payload"][0]["contentString"] = ""
+            broken["contained"][0]["identifier"][0]["value"] = 123456782
+            broken["topic"]["text"] = "x" * 501
+            path = f"/Communication/{stored['id']}"
+            updated = await xis.put(
+                path, json=broken, headers={"If-Match": 'W/"1"', "X-Request-Id": "bad-put"}
+            )
+            after_refused_update = await counts(database_url)
+            current = await xis.get(path)
+            history = await xis.get(f"{path}/_history")
+        [post_event] = await audit_events(hub, requestId="bad-post")
+        [put_event] = await audit_events(hub, requestId="bad-put")
+
+    assert sorted(expressions(outcome(refused, 400))) == [
+        "Communication.category",
+        "Communication.payload[0].contentString",
+        "Communication.status",
+    ]
+    assert after_refused_create == (0, 0)
+    assert sorted(expressions(outcome(updated, 400))) == [
+        "Communication.contained[0].identifier[0].value",
+        "Communication.payload[0].contentString",
+        "Communication.status",
+        "Communication.topic.text",
+    ]
+    assert after_refused_update == after_create
+    assert current.json() == stored
+    assert [e["resource"]["meta"]["versionId"] for e in history.json()["entry"]] == ["1"]
+    assert [(e["subtype"][0]["code"], e["outcome"]) for e in (post_event, put_event)] == [
+        ("create", "4"),
+        ("update", "4"),
+    ]
+    assert "entity" not in post_event

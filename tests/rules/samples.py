@@ -64,6 +64,11 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def wrapped(text: str, width: int, separator: str) -> str:
+    """`text` in lines of `width` characters (as MIME wraps base64 at 76)."""
+    return separator.join(text[i : i + width] for i in range(0, len(text), width))
+
+
 def attachment(data: bytes, content_type: str, title: str = "file") -> dict[str, Any]:
     return {"contentAttachment": {"data": b64(data), "contentType": content_type, "title": title}}
 

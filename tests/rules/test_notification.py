@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.fhir.outcome import Issue
+from hub.fhir.model import validate
+from hub.fhir.outcome import FhirError, Issue
+from hub.rules.bsn import BSN_SYSTEM
 from hub.rules.notification import (
     contained_patient,
     decode_base64,
@@ -27,6 +29,7 @@ from tests.rules.samples import (
     docx_bytes,
     example_communication,
     png_bytes,
+    wrapped,
     xlsx_bytes,
     zip_bytes,
 )
@@ -253,8 +256,10 @@ def test_only_the_contracts_content_types(resource: dict[str, Any], content_type
     "data",
     [
         "JVBERi0x@@==",  # outside the alphabet
-        "JVBE\nRi0x",  # a line break
-        "JVBE Ri0x",  # a space
+        "JVB\nERi0x",  # a line break inside a group of four
+        "JVBERi0x\v",  # whitespace outside FHIR's (space, tab, CR, LF)
+        "JVBE\u00a0Ri0x",  # a no-break space
+        " \r\n",  # only whitespace
         "JVBERi0",  # padding missing
         "JVBERi0x=",  # padding where none belongs
         "QR==",  # non-zero padding bits: "QQ==" is the one encoding of b"A"
@@ -267,6 +272,26 @@ def test_data_must_be_strict_base64(resource: dict[str, Any], data: str) -> None
     issue = only_issue(resource)
     assert (issue.code, issue.expression) == ("invalid", (f"{FIRST_FILE}.data",))
     assert "base64" in issue.diagnostics
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b64(PDF_BYTES)[:8] + "\n" + b64(PDF_BYTES)[8:],
+        wrapped(b64(PDF_BYTES * 4), 76, "\r\n") + "\r\n",
+        " " + b64(PDF_BYTES) + "\n",
+        wrapped(b64(PDF_BYTES), 4, " \t"),
+    ],
+    ids=["a line break", "MIME lines of 76", "around", "between every group"],
+)
+def test_data_may_have_whitespace_between_groups_of_four(
+    resource: dict[str, Any], data: str
+) -> None:
+    # FHIR R4 base64Binary is (\s*([0-9a-zA-Z\+/=]){4}\s*)+ (its \s: space, tab, CR, LF).
+    resource["payload"][1]["contentAttachment"]["data"] = data
+    assert validate_communication(resource) == []
+    decoded = decode_base64(data)
+    assert decoded is not None and decoded.startswith(PDF_BYTES)
 
 
 @pytest.mark.parametrize(
@@ -317,9 +342,31 @@ def test_recipient_must_reference_the_contained_patient(
     assert contained_patient(resource) is None
 
 
-def test_exactly_one_recipient(resource: dict[str, Any]) -> None:
-    resource["recipient"].append(resource["recipient"][0])
-    assert located(validate_communication(resource)) == {("invalid", ("Communication.recipient",))}
+def test_recipients_may_repeat_the_patient(resource: dict[str, Any]) -> None:
+    # Every item "references the contained Patient resource that should receive the
+    # notification" (the OpenAPI schema): a second one naming the same Patient is fine.
+    resource["recipient"].append(dict(resource["recipient"][0]))
+    assert validate_communication(resource) == []
+    assert patient_bsn(resource) == "123456782"
+
+
+def test_recipients_name_one_patient(resource: dict[str, Any]) -> None:
+    other = {
+        "resourceType": "Patient",
+        "id": "other",
+        "identifier": [{"system": BSN_SYSTEM, "value": "111222333"}],
+    }
+    resource["contained"].append(other)
+    resource["recipient"].append({"reference": "#other"})
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("invalid", ("Communication.recipient",))
+    assert "one patient" in issue.diagnostics
+
+
+def test_a_recipient_that_is_no_object(resource: dict[str, Any]) -> None:
+    resource["recipient"] = ["#9876543210"]
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("invalid", ("Communication.recipient[0]",))
 
 
 def test_a_contained_patient_is_required(resource: dict[str, Any]) -> None:
@@ -450,12 +497,29 @@ json_values = st.recursive(
     max_leaves=12,
 )
 PATHS = [
-    ("status",), ("category",), ("category", 0), ("category", 0, "coding"), ("topic",),
-    ("payload",), ("payload", 0), ("payload", 1, "contentAttachment"),
-    ("payload", 1, "contentAttachment", "data"), ("recipient",), ("recipient", 0),
-    ("contained",), ("contained", 0), ("contained", 0, "identifier"),
-    ("contained", 0, "identifier", 0), ("contained", 0, "telecom", 0, "value"),
+    ("status",), ("category",), ("category", 0), ("category", 0, "coding"),
+    ("category", 0, "coding", 0), ("category", 0, "coding", 0, "code"), ("topic",),
+    ("topic", "text"), ("payload",), ("payload", 0), ("payload", 0, "contentString"),
+    ("payload", 1), ("payload", 1, "contentAttachment"),
+    ("payload", 1, "contentAttachment", "data"),
+    ("payload", 1, "contentAttachment", "contentType"),
+    ("payload", 1, "contentAttachment", "title"), ("recipient",), ("recipient", 0),
+    ("recipient", 0, "reference"), ("contained",), ("contained", 0),
+    ("contained", 0, "resourceType"), ("contained", 0, "id"), ("contained", 0, "identifier"),
+    ("contained", 0, "identifier", 0), ("contained", 0, "identifier", 0, "system"),
+    ("contained", 0, "identifier", 0, "value"), ("contained", 0, "telecom"),
+    ("contained", 0, "telecom", 0), ("contained", 0, "telecom", 0, "value"),
 ]  # fmt: skip
+
+
+def with_value(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
+    """The contract's example with `value` at `path`."""
+    resource = example_communication()
+    parent: Any = resource
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = value
+    return resource
 
 
 @settings(database=None, max_examples=400)
@@ -463,11 +527,7 @@ PATHS = [
 def test_any_json_in_any_place_gives_issues_not_exceptions(
     path: tuple[Any, ...], value: Any
 ) -> None:
-    resource = example_communication()
-    parent: Any = resource
-    for step in path[:-1]:
-        parent = parent[step]
-    parent[path[-1]] = value
+    resource = with_value(path, value)
     issues = validate_communication(resource)
     assert all(issue.expression and issue.diagnostics for issue in issues)
     contained_patient(resource)
@@ -481,10 +541,71 @@ def test_any_json_object_gives_issues_not_exceptions(resource: dict[str, Any]) -
     assert validate_communication(resource)  # no status, at least
 
 
+@settings(database=None, max_examples=400)
+@given(st.sampled_from(PATHS), json_values)
+def test_with_the_model_any_json_in_any_place_gives_one_400(
+    path: tuple[Any, ...], value: Any
+) -> None:
+    """The hub checks the contract together with the R4 model: still only a 400 escapes."""
+    refusal = None
+    try:
+        validate(with_value(path, value), rules=validate_communication)
+    except FhirError as error:
+        refusal = error
+    if refusal is not None:
+        assert refusal.status == 400
+        assert all(issue.expression and issue.diagnostics for issue in refusal.issues)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "where"),
+    [
+        (("status",), 7, ["Communication.status"]),
+        (("category",), "melding", ["Communication.category"]),
+        (("topic",), "Lab results", ["Communication.topic"]),
+        (("topic", "text"), ["Lab results"], ["Communication.topic.text"]),
+        (("payload",), {"contentString": "Hello"}, ["Communication.payload"]),
+        (("payload",), "Hello", ["Communication.payload"]),
+        (("payload",), [], ["Communication.payload"]),
+        (("payload",), ["Hello"], ["Communication.payload", "Communication.payload[0]"]),
+        (("payload", 0, "contentString"), "", ["Communication.payload[0].contentString"]),
+        (("payload", 0, "contentString"), 42, ["Communication.payload[0].contentString"]),
+        (("payload", 1, "contentAttachment"), "JVBERi0x", [FIRST_FILE]),
+        (("payload", 1, "contentAttachment", "data"), 12, [f"{FIRST_FILE}.data"]),
+        (("recipient",), {"reference": "#9876543210"}, ["Communication.recipient"]),
+        (("recipient", 0), "#9876543210", ["Communication.recipient[0]"]),
+        (
+            ("contained",),
+            {"resourceType": "Patient", "id": "9876543210"},
+            ["Communication.contained", "Communication.recipient[0].reference"],
+        ),
+        (("contained", 0, "identifier"), {"system": "x"}, [f"{PATIENT}.identifier"]),
+        (("contained", 0, "identifier", 0, "value"), 123456782, [f"{PATIENT}.identifier[0].value"]),
+        (("contained", 0, "telecom", 0, "value"), 42, [f"{PATIENT}.telecom[0].value"]),
+    ],
+)
+def test_a_malformed_shape_is_reported_once_with_the_model(
+    path: tuple[Any, ...], value: Any, where: list[str]
+) -> None:
+    """Where the model and the contract refuse an element alike, the contract's issue is kept."""
+    resource = with_value(path, value)
+    with pytest.raises(FhirError) as raised:
+        validate(resource, rules=validate_communication)
+    issues = raised.value.issues
+    assert sorted(expression for issue in issues for expression in issue.expression) == where
+    assert all(issue.code != "structure" for issue in issues)  # the model's code
+
+
 @settings(database=None)
-@given(st.binary(max_size=64))
-def test_base64_round_trips_exactly(data: bytes) -> None:
+@given(st.binary(min_size=1, max_size=64), st.sampled_from(["", "\n", "\r\n", " ", "\t"]))
+def test_base64_round_trips_exactly(data: bytes, separator: str) -> None:
     assert decode_base64(b64(data)) == data
+    assert decode_base64(wrapped(b64(data), 4, separator) + separator) == data
+
+
+def test_empty_base64_is_no_base64() -> None:
+    # FHIR base64Binary is one or more groups of four (and FHIR JSON has no empty strings).
+    assert decode_base64("") is None
 
 
 def test_email_addresses() -> None:
