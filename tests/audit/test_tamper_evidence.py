@@ -306,3 +306,122 @@ async def test_verify_refuses_to_run_without_the_chain_key(
     verdict = hub_cli(elsewhere, "audit", "verify", "--domain", "test")
     assert verdict.exit_code == 2
     assert "no audit chain key" in verdict.stderr
+
+
+# The columns that reads and searches use instead of the event's JSON: each must
+# agree with the chained JSON, or the event is intact yet cannot be found.
+LONG_AGO = datetime(2001, 1, 1)  # naive UTC, as the database stores times
+
+
+async def test_a_renamed_event_is_caught(hub_server: HubServer) -> None:
+    read = (await _trail(hub_server))[1]
+    url = hub_server.settings.database_url
+    pk, seq = await audit_row(url, read["id"])
+    renamed = f"renamed-{uuid.uuid4()}"
+    await sql(url, "UPDATE resources SET id = :id WHERE pk = :pk", {"id": renamed, "pk": pk})
+    async with hub_server.client("auditor") as auditor:
+        assert (await auditor.get(f"/AuditEvent/{read['id']}")).status_code == 404
+    assert await search_events(hub_server, {"_id": read["id"]}) == []
+    _assert_caught(
+        verify(hub_server),
+        f"link {seq}: AuditEvent/{read['id']}: its id column was changed to '{renamed}'",
+    )
+
+
+async def test_a_changed_last_updated_is_caught(hub_server: HubServer) -> None:
+    read = (await _trail(hub_server))[1]
+    url = hub_server.settings.database_url
+    pk, seq = await audit_row(url, read["id"])
+    await sql(
+        url,
+        "UPDATE resources SET last_updated = :then WHERE pk = :pk",
+        {"then": LONG_AGO, "pk": pk},
+    )
+    since = read["meta"]["lastUpdated"][:10]
+    found = await search_events(hub_server, {"_id": read["id"], "_lastUpdated": f"ge{since}"})
+    assert found == []
+    _assert_caught(
+        verify(hub_server),
+        f"link {seq}: AuditEvent/{read['id']}: its last_updated column was changed "
+        "to 2001-01-01T00:00:00.000000Z",
+    )
+
+
+@pytest.mark.parametrize("origin", ["xis", None])
+async def test_a_changed_origin_is_caught(hub_server: HubServer, origin: str | None) -> None:
+    posted = (await _trail(hub_server))[4]  # the app's own event: origin Device/module
+    url = hub_server.settings.database_url
+    pk, seq = await audit_row(url, posted["id"])
+    [(stored,)] = await sql(url, "SELECT origin FROM resources WHERE pk = :pk", {"pk": pk})
+    assert stored == "module"
+    await sql(url, "UPDATE resources SET origin = :o WHERE pk = :pk", {"o": origin, "pk": pk})
+    _assert_caught(
+        verify(hub_server),
+        f"link {seq}: AuditEvent/{posted['id']}: its origin column was changed to {origin!r} "
+        "(its resource-origin is 'module')",
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("version_id = 2", "version_id 2, not 1"),
+        ("last_updated = :then", "last_updated 2001-01-01T00:00:00.000000Z, not "),
+        ("deleted = true", "marked deleted"),
+        ("method = 'PUT'", "method 'PUT', not 'POST'"),
+    ],
+)
+async def test_a_changed_history_row_is_caught(
+    hub_server: HubServer, change: str, named: str
+) -> None:
+    read = (await _trail(hub_server))[1]
+    url = hub_server.settings.database_url
+    pk, seq = await audit_row(url, read["id"])
+    params: dict[str, Any] = {"pk": pk}
+    if ":then" in change:
+        params["then"] = LONG_AGO
+    await sql(url, f"UPDATE resource_versions SET {change} WHERE resource_pk = :pk", params)  # noqa: S608
+    _assert_caught(
+        verify(hub_server), f"link {seq}: AuditEvent/{read['id']}: its history was altered ({named}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("domain = 'other'", "its row was moved to AuditEvent in domain 'other'"),
+        ("rtype = 'Basic'", "its row was moved to Basic in domain 'test'"),
+    ],
+)
+async def test_an_event_moved_out_of_its_domain_or_type_is_caught(
+    hub_server: HubServer, change: str, named: str
+) -> None:
+    read = (await _trail(hub_server))[1]
+    url = hub_server.settings.database_url
+    pk, seq = await audit_row(url, read["id"])
+    await sql(url, f"UPDATE resources SET {change} WHERE pk = :pk", {"pk": pk})  # noqa: S608
+    async with hub_server.client("auditor") as auditor:
+        assert (await auditor.get(f"/AuditEvent/{read['id']}")).status_code == 404
+    _assert_caught(verify(hub_server), f"link {seq}: AuditEvent/{read['id']}: {named}")
+
+
+@pytest.mark.parametrize("change", ["domain = 'other'", "rtype = 'Basic'"])
+async def test_index_rows_moved_out_of_the_event_s_domain_or_type_are_caught(
+    hub_server: HubServer, change: str
+) -> None:
+    """The values intact, but filed under another domain or type: searches miss the event."""
+    refused = (await _trail(hub_server))[3]
+    assert refused["outcome"] == "4"
+    url = hub_server.settings.database_url
+    pk, seq = await audit_row(url, refused["id"])
+    await sql(
+        url,
+        f"UPDATE idx_token SET {change} WHERE resource_pk = :pk AND param = 'outcome'",  # noqa: S608
+        {"pk": pk},
+    )
+    assert refused["id"] not in {e["id"] for e in await search_events(hub_server, {"outcome": "4"})}
+    _assert_caught(
+        verify(hub_server),
+        f"link {seq}: the search index of AuditEvent/{refused['id']} was altered",
+        "idx_token",
+    )
