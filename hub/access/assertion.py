@@ -81,6 +81,18 @@ class OAuthError(Exception):
         return {"error": self.error, "error_description": self.public_description}
 
 
+def claimed_client(assertion: str | None) -> str | None:
+    """The client_id an assertion claims (`iss`), UNVERIFIED: for the audit trail only."""
+    if not assertion or len(assertion) > MAX_ASSERTION_LENGTH:
+        return None
+    try:
+        claims = json.loads(jws.extract_compact(assertion.encode("ascii")).payload)
+    except (JoseError, ValueError, UnicodeError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer[:64] if isinstance(issuer, str) else None
+
+
 def _refuse(detail: str) -> OAuthError:
     return OAuthError("invalid_client", 401, detail)
 

@@ -10,12 +10,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hub.access.assertion import ASSERTION_ALGORITHMS, OAuthError
+from hub import trace
+from hub.access.assertion import ASSERTION_ALGORITHMS, OAuthError, claimed_client
 from hub.access.tokens import exchange
 from hub.api.fhir import read_limited
+from hub.audit.events import login_event
 from hub.fhir.outcome import FhirError
 from hub.fhir.search_params import SUPPORTED_TYPES
-from hub.runtime import Runtime
+from hub.runtime import HUB_DEVICE, Runtime, utcnow
 from hub.store.assertions import remember_jti
 
 log = logging.getLogger("hub.oauth")
@@ -100,8 +102,41 @@ async def token(request: Request) -> Response:
     except OAuthError as error:
         # The client hears the RFC 6749 code; the reason is for the operator only.
         log.warning("token request refused in %s: %s (%s)", domain, error.error, error.log_detail)
+        await _audit_login(request, runtime, domain, fields, error)
         return _oauth_error(error)
+    await _audit_login(request, runtime, domain, fields, None)
     return JSONResponse(body, 200, headers=_NO_STORE)
+
+
+async def _audit_login(
+    request: Request,
+    runtime: Runtime,
+    domain: str,
+    fields: dict[str, str],
+    error: OAuthError | None,
+) -> None:
+    """Record the token request before answering it, granted or refused.
+
+    A refusal names the client the assertion claimed in the description, never as the
+    agent: the claim is unproven. The reason stays in the log, as for the client.
+    """
+    claimed = claimed_client(fields.get("client_assertion"))
+    description = None
+    if error is not None:
+        description = f"{error.error}: {error.public_description}"
+        if claimed is not None:
+            description += f" (assertion claims client_id {claimed!r})"
+    event = login_event(
+        success=error is None,
+        outcome_description=description,
+        client_device=claimed if error is None else None,
+        client_address=request.client.host if request.client else None,
+        hub_device=HUB_DEVICE,
+        site=runtime.settings.site,
+        trace=trace.get(),
+        recorded=utcnow(),
+    )
+    await runtime.audit.record(domain, event)
 
 
 async def jwks(request: Request) -> Response:

@@ -1,4 +1,4 @@
-"""KT2AuditEvent builders: the REST events of every interaction and `transmit` events.
+"""KT2AuditEvent builders: REST events of every interaction, `transmit` events, logins.
 
 Pure functions: they take what happened and return the AuditEvent as a dict,
 ready to be stored. Codes and shapes follow the Koppeltaal facts (AuditEvent).
@@ -157,6 +157,41 @@ def rest_event(
     event["source"] = _source(hub_device, site)
     if entities:
         event["entity"] = [entity.to_json() for entity in entities]
+    return event
+
+
+def login_event(
+    *,
+    success: bool,
+    outcome_description: str | None,
+    client_device: str | None,
+    client_address: str | None,
+    hub_device: str,
+    site: str,
+    trace: TraceIds,
+    recorded: datetime,
+) -> dict[str, Any]:
+    """The AuditEvent of one token request (DICOM User Authentication / Login).
+
+    Beyond the Koppeltaal facts, which audit FHIR interactions only: a failed client
+    authentication is what an auditor most wants to find. `client_device` is the
+    authenticated client, so None for a refusal (the claim is in the description).
+    """
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "meta": {"profile": [KT2_AUDIT_PROFILE]},
+        "extension": _extensions(trace, hub_device),
+        "type": {"system": DCM, "code": "110114", "display": "User Authentication"},
+        "subtype": [{"system": DCM, "code": "110122", "display": "Login"}],
+        "action": "E",
+        "recorded": format_instant(recorded),
+    }
+    _with_outcome(event, 200 if success else 401, outcome_description)
+    event["agent"] = [
+        _agent(SOURCE_ROLE, device=client_device, requestor=True, address=client_address),
+        _agent(DESTINATION_ROLE, device=hub_device, requestor=False),
+    ]
+    event["source"] = _source(hub_device, site)
     return event
 
 

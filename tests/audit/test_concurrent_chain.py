@@ -111,7 +111,14 @@ async def _assert_one_chain(hub: HubServer, expected_events: int) -> None:
         url, "SELECT count(*), min(seq), max(seq) FROM audit_chain WHERE domain = 'test'"
     )
     [(head,)] = await sql(url, "SELECT seq FROM audit_chain_heads WHERE domain = 'test'")
-    assert events == links == head == last == expected_events
+    # Plus the token requests the clients made, each audited as a login.
+    [(logins,)] = await sql(
+        url,
+        "SELECT count(*) FROM resources WHERE domain = 'test' AND rtype = 'AuditEvent'"
+        """ AND content LIKE '%"code":"110114","display":"User Authentication"%'""",
+    )
+    assert logins >= 2  # one xis and one module token at least
+    assert events == links == head == last == expected_events + logins
     assert first == 1
     verdict = verify(hub)
     assert verdict.exit_code == 0, verdict

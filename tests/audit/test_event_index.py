@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from hub.audit.events import Entity, query_entity, rest_event, transmit_event
+from hub.audit.events import Entity, login_event, query_entity, rest_event, transmit_event
 from hub.audit.index import COVERED_PARAMS, event_index
 from hub.fhir.extract import IndexValues, extract
 from hub.fhir.search_params import params_for
@@ -127,3 +127,18 @@ def test_parameters_it_leaves_out_find_nothing_in_hub_events() -> None:
     rows = (*values.tokens, *values.strings, *values.references, *values.dates, *values.uris)
     indexed = {row[0] for row in rows}
     assert {name for name, covered in COVERED_PARAMS.items() if not covered} & indexed == set()
+
+
+@pytest.mark.parametrize("success", [True, False])
+def test_login_events(success: bool) -> None:
+    event = login_event(
+        success=success,
+        outcome_description=None if success else "invalid_client: client authentication failed",
+        client_device="xis" if success else None,
+        client_address="192.0.2.7",
+        hub_device="koppeltaal-hub",
+        site="hub.example",
+        trace=TraceIds("r1", "t1", None),
+        recorded=RECORDED,
+    )
+    _assert_same(event)
