@@ -65,6 +65,15 @@ class Access:
         origins = self.origins("search", rtype)
         return origins is None or bool(origins)
 
+    def readable_origins(self, rtype: str) -> frozenset[str] | None:
+        """Origins of `rtype` the caller may read: None = any, empty = none.
+
+        A chained search looks into the referenced resources, so it only sees
+        those the caller may read (`Task?instantiates.publisherId=x` must not
+        tell anything about an ActivityDefinition the caller cannot read).
+        """
+        return self.origins("read", rtype)
+
 
 def subscriber_may_read(
     snapshot: Snapshot, domain: str, subscriber: str, rtype: str, origin: str | None
@@ -72,3 +81,15 @@ def subscriber_may_read(
     """May the app that owns a Subscription read this resource, per the current configuration?"""
     granted = role_scopes(snapshot, domain, subscriber)
     return granted is not None and granted.allows("read", rtype, origin)
+
+
+def subscriber_origins(
+    snapshot: Snapshot, domain: str, subscriber: str, rtype: str
+) -> frozenset[str] | None:
+    """Origins of `rtype` the app that owns a Subscription may read now: None = any, empty = none.
+
+    The counterpart of `Access.readable_origins` for chained criteria, per the
+    current configuration (an app no longer registered may read nothing).
+    """
+    granted = role_scopes(snapshot, domain, subscriber)
+    return frozenset() if granted is None else granted.origins("read", rtype)

@@ -284,8 +284,6 @@ async def _update(request: Request, exchange: Exchange, rtype: str, id: str) -> 
 
 
 async def _delete(exchange: Exchange, rtype: str, id: str) -> Response:
-    if rtype in APPEND_ONLY:
-        raise writes.append_only(rtype)
     deleted = await writes.delete(exchange, rtype, id)
     text = f"{rtype}/{id} deleted" if deleted else f"{rtype}/{id} was already deleted"
     return FhirResponse(information(text), 200)

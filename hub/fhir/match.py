@@ -1,10 +1,15 @@
 """In-memory evaluation of a `Query` against one resource, for subscriptions.
 
-`matches(query, resource, values, resolve=…)` is true exactly when a search
-with `query` would return the resource: it applies the same rules to the same
-`IndexValues` that `hub.store.search` compiles to SQL (result controls such as
-`_sort` or `_count` do not filter, so they are ignored). A property test keeps
-the two in agreement.
+`matches(query, resource, values, resolve=…, readable=…)` is true exactly when
+a search with `query` would return the resource: it applies the same rules to
+the same `IndexValues` that `hub.store.search` compiles to SQL (result controls
+such as `_sort` or `_count` do not filter, so they are ignored). A property test
+keeps the two in agreement.
+
+A chained clause only looks into targets the reader may read: `resolve` gives a
+target's index values and origin, `readable(type)` the origins of that type the
+reader may read (None = any, empty = none), exactly as `hub.store.search` is
+given them for the searching caller. For a Subscription the reader is its owner.
 
 For the subscription registry:
 
@@ -22,6 +27,7 @@ For the subscription registry:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,11 +43,32 @@ from hub.fhir.query import (
     UriValue,
 )
 
-Resolver = Callable[[str, str], IndexValues | None]
+
+@dataclass(frozen=True)
+class Target:
+    """A chain target as `resolve` finds it: its index values and resource-origin Device id."""
+
+    values: IndexValues
+    origin: str | None
+
+
+Resolver = Callable[[str, str], Target | None]
+# The origins of a resource type the reader may read: None = any, empty = none.
+OriginsOf = Callable[[str], frozenset[str] | None]
 # (parameter code, kind, value); kind is "token" (a code), "reference" (an id) or "url".
 Key = tuple[str, str, str]
 
 _ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+def unrestricted(_rtype: str) -> frozenset[str] | None:
+    """`OriginsOf` for a reader that may read every origin of every type (the hub itself)."""
+    return None
+
+
+def origin_allowed(origins: frozenset[str] | None, origin: str | None) -> bool:
+    """Whether a resource of `origin` is among `origins`; one without origin only under None."""
+    return origins is None or (origin is not None and origin in origins)
 
 
 def date_matches(
@@ -146,13 +173,25 @@ def _column_matches(clause: Clause, resource: Mapping[str, Any]) -> bool:
 
 
 def _clause_matches(
-    clause: Clause, resource: Mapping[str, Any], values: IndexValues, resolve: Resolver
+    clause: Clause,
+    resource: Mapping[str, Any],
+    values: IndexValues,
+    resolve: Resolver,
+    readable: OriginsOf,
 ) -> bool:
     if clause.chain is not None:
         inner = clause.chain
+        assert clause.target_type is not None
+        origins = readable(clause.target_type)
+        if origins is not None and not origins:
+            return False  # The reader may read no resource of the target type.
         for ref_type, ref_id in _chain_refs(clause, values):
             target = resolve(ref_type, ref_id)
-            if target is not None and _clause_matches(inner, {}, target, resolve):
+            if (
+                target is not None
+                and origin_allowed(origins, target.origin)
+                and _clause_matches(inner, {}, target.values, resolve, readable)
+            ):
                 return True
         return False
     if clause.param.column is not None:
@@ -162,12 +201,24 @@ def _clause_matches(
 
 
 def matches(
-    query: Query, resource: Mapping[str, Any], values: IndexValues, *, resolve: Resolver
+    query: Query,
+    resource: Mapping[str, Any],
+    values: IndexValues,
+    *,
+    resolve: Resolver,
+    readable: OriginsOf,
 ) -> bool:
-    """Whether a search with `query` would return `resource` (whose index values are `values`)."""
+    """Whether a search with `query` would return `resource` (whose index values are `values`).
+
+    The search is the one of a reader who may read the origins `readable(type)`
+    of chained target types (see the module docstring); that the reader may read
+    `resource` itself is for the caller to check.
+    """
     if resource.get("resourceType") != query.resource_type:
         return False
-    return all(_clause_matches(clause, resource, values, resolve) for clause in query.clauses)
+    return all(
+        _clause_matches(clause, resource, values, resolve, readable) for clause in query.clauses
+    )
 
 
 def _chain_refs(clause: Clause, values: IndexValues) -> set[tuple[str, str]]:

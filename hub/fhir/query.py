@@ -9,6 +9,17 @@ the referenced resource must satisfy. Result controls (`_count`, `_sort`,
 Every mistake is a 400 whose OperationOutcome names the parameter. In lenient
 mode (ordinary searches) unknown parameters and modifiers are ignored and
 listed in `Query.unknown`; strict mode (Subscription.criteria) refuses them.
+A parameter's name and modifier are checked before its value: an empty value
+(`status=`) is ignored, as FHIR says, but only once the name is known to mean
+something, so `?bogus=` is still reported (lenient) or refused (strict).
+
+Subscription.criteria also refuse the result controls that cannot describe a
+standing search: `_cursor` (one position in one earlier search's pages),
+`_format` (the encoding of one response), and `_summary=count` / `_count=0`
+(a search that returns no resources at all, while a resource matches a
+Subscription exactly when a search with its criteria would return it).
+`_sort`, `_total` and a positive `_count` only shape the search the subscriber
+runs when notified; matching ignores them.
 """
 
 from __future__ import annotations
@@ -42,6 +53,11 @@ _FHIR_MODIFIERS = frozenset(
      "identifier", "ofType", "iterate", "type"}
 )  # fmt: skip
 _CONTROLS = frozenset({"_count", "_sort", "_total", "_summary", "_cursor", "_format"})
+# Result controls that make no sense in Subscription.criteria, whatever their value.
+_NOT_IN_CRITERIA: dict[str, str] = {
+    "_cursor": "it is a position in the pages of one earlier search",
+    "_format": "it chooses the encoding of one response, not which resources match",
+}
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]+")
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -189,7 +205,20 @@ def parse_criteria(criteria: str) -> Query:
             f"Criteria must start with a supported resource type, not {resource_type!r}",
             "Subscription.criteria",
         )
-    return parse_search(resource_type, pairs, strict=True)
+    for name, _ in pairs:
+        if name in _NOT_IN_CRITERIA:
+            raise bad_request(
+                f"{name} cannot be used in Subscription.criteria: {_NOT_IN_CRITERIA[name]}", name
+            )
+    query = parse_search(resource_type, pairs, strict=True)
+    if query.summary == "count" or query.count == 0:
+        control = "_summary=count" if query.summary == "count" else "_count=0"
+        raise bad_request(
+            f"{control} cannot be used in Subscription.criteria: a search with it returns no "
+            "resources, so no resource could ever match",
+            control.partition("=")[0],
+        )
+    return query
 
 
 def parse_search(
@@ -203,17 +232,18 @@ def parse_search(
     controls: dict[str, str] = {}
     for name, value in params:
         if name in _CONTROLS:
+            if value == "":
+                continue  # An empty parameter is ignored (FHIR R4 §3.1.1.5).
             if name in controls:
                 raise bad_request(f"Parameter {name} may be given only once", name)
             controls[name] = value
             continue
-        if value == "":
-            continue  # An empty parameter value is ignored, as by most FHIR servers.
-        clause = _parse_clause(resource_type, name, value, strict=strict)
-        if clause is None:
+        # The name and modifier first: `?bogus=` is unknown whatever its (empty) value.
+        named = _parse_name(resource_type, name, strict=strict)
+        if named is None:
             unknown.append(name)
-        else:
-            clauses.append(clause)
+        elif value != "":  # An empty parameter is ignored (FHIR R4 §3.1.1.5).
+            clauses.append(named.clause(value))
     return Query(
         resource_type=resource_type,
         clauses=tuple(clauses),
@@ -226,7 +256,25 @@ def parse_search(
     )
 
 
-def _parse_clause(resource_type: str, name: str, value: str, *, strict: bool) -> Clause | None:
+@dataclass(frozen=True)
+class _Named:
+    """What a parameter name means (parameter, modifier, chain); a value makes it a `Clause`."""
+
+    param: SearchParam
+    modifier: str | None
+    name: str  # as written, for error messages
+    target_type: str | None = None
+    inner: _Named | None = None
+
+    def clause(self, value: str) -> Clause:
+        if self.inner is None:
+            return _clause(self.param, self.modifier, value, self.name)
+        chain = self.inner.clause(value)
+        return Clause(self.param, self.modifier, (), (), target_type=self.target_type, chain=chain)
+
+
+def _parse_name(resource_type: str, name: str, *, strict: bool) -> _Named | None:
+    """The meaning of parameter `name`; None when unknown (lenient), a 400 when wrong."""
     head, dot, chained = name.partition(".")
     code, _, modifier = head.partition(":")
     param = params_for(resource_type).get(code)
@@ -235,10 +283,10 @@ def _parse_clause(resource_type: str, name: str, value: str, *, strict: bool) ->
             raise bad_request(f"Unknown search parameter {code!r} for {resource_type}", name)
         return None
     if dot:
-        return _parse_chain(param, modifier or None, chained, value, name, strict=strict)
+        return _parse_chain(param, modifier or None, chained, name, strict=strict)
     if modifier and not _modifier_allowed(param, modifier, name, strict=strict):
         return None
-    return _clause(param, modifier or None, value, name)
+    return _Named(param, modifier or None, name)
 
 
 def _modifier_allowed(param: SearchParam, modifier: str, name: str, *, strict: bool) -> bool:
@@ -255,13 +303,13 @@ def _modifier_allowed(param: SearchParam, modifier: str, name: str, *, strict: b
             f"Modifier :{modifier} is not supported for {param.type} parameter {param.code}", name
         )
     if strict:
-        raise bad_request(f"Unknown modifier :{modifier} on {param.code}", name)
+        raise bad_request(f"Unknown modifier :{modifier} on {param.code} in {name!r}", name)
     return False
 
 
 def _parse_chain(
-    param: SearchParam, modifier: str | None, chained: str, value: str, name: str, *, strict: bool
-) -> Clause | None:
+    param: SearchParam, modifier: str | None, chained: str, name: str, *, strict: bool
+) -> _Named | None:
     if param.type != "reference":
         raise bad_request(f"Only reference parameters can be chained, not {param.code}", name)
     if "." in chained:
@@ -284,8 +332,8 @@ def _parse_chain(
         raise bad_request(f"{inner_code} cannot be used in a chain", name)
     if inner_modifier and not _modifier_allowed(inner_param, inner_modifier, name, strict=strict):
         return None
-    inner = _clause(inner_param, inner_modifier or None, value, name)
-    return Clause(param, modifier, (), (), target_type=targets[0], chain=inner)
+    inner = _Named(inner_param, inner_modifier or None, name)
+    return _Named(param, modifier, name, target_type=targets[0], inner=inner)
 
 
 def _clause(param: SearchParam, modifier: str | None, value: str, name: str) -> Clause:

@@ -14,13 +14,17 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.access.policy import subscriber_may_read
+from hub.access.apps import Snapshot
+from hub.access.policy import subscriber_may_read, subscriber_origins
 from hub.fhir import jsonio
 from hub.fhir.extract import IndexValues
-from hub.fhir.match import chain_targets, matches
+from hub.fhir.match import OriginsOf, chain_targets, matches
+from hub.fhir.model import Rules
 from hub.fhir.outcome import FhirError, forbidden, unprocessable
 from hub.fhir.query import parse_criteria, parse_search
+from hub.interactions.devices import wanted_devices
 from hub.interactions.exchange import Exchange
+from hub.interactions.reads import refuse_unreadable_chains
 from hub.net import UnsafeDestination, check_url
 from hub.notify.mail import NoticeKind, decide_patient_notice
 from hub.notify.registry import bump_generation
@@ -33,12 +37,16 @@ from hub.rules.notification import (
     validate_communication,
 )
 from hub.rules.subscription import normalise_status, validate_subscription
-from hub.store.index import load_index_values
 from hub.store.outbox import email_row, enqueue_webhook
-from hub.store.search import search
+from hub.store.search import load_chain_targets, search
 
 # AuditEvents are never updated or deleted (Koppeltaal), by anyone.
 APPEND_ONLY = frozenset({"AuditEvent"})
+
+# Types whose own rules answer 400, as a broken R4 structure does: they are checked with
+# the structure (`hub.fhir.model.validate`), so one OperationOutcome lists every problem
+# of both. A Communication is a Spreekuur.nl notification, whose contract asks for that.
+STRUCTURAL_RULES: Mapping[str, Rules] = {"Communication": validate_communication}
 
 
 async def before_write(
@@ -48,12 +56,23 @@ async def before_write(
     rtype = resource["resourceType"]
     if rtype == "Subscription":
         return await _subscription_rules(exchange, resource, previous)
-    if rtype == "Communication":
-        # Spreekuur.nl answers 400 for a notification that breaks its contract.
-        issues = validate_communication(resource)
-        if issues:
-            raise FhirError(400, issues)
     return resource
+
+
+def check_deletable(exchange: Exchange, rtype: str, id: str) -> None:
+    """The hub's and the registered apps' Devices stay: resource-origin names them.
+
+    They are made from the apps file at start-up; deleting one through the API would
+    orphan every resource its app wrote. FHIR answers 409 for such a refusal.
+    """
+    if rtype == "Device" and id in wanted_devices(
+        exchange.runtime.access.registry, exchange.domain
+    ):
+        raise FhirError.single(
+            409,
+            "conflict",
+            f"Device/{id} is registered in the apps file; remove the application there instead",
+        )
 
 
 def check_essentials(rtype: str, resource: Mapping[str, Any]) -> None:
@@ -70,10 +89,12 @@ async def _subscription_rules(
     issues = validate_subscription(resource, now=datetime.now(UTC), parse_criteria=parse_criteria)
     if issues:
         raise FhirError(422, issues)
-    criteria_type = parse_criteria(resource["criteria"]).resource_type
+    criteria = parse_criteria(resource["criteria"])
+    criteria_type = criteria.resource_type
     access = exchange.authorised()
     if not access.may_search(criteria_type):
         raise forbidden(f"The subscriber may not read {criteria_type} resources")
+    refuse_unreadable_chains(access, criteria)
     settings = exchange.runtime.settings
     app = exchange.runtime.access.registry.app(exchange.domain, access.caller.client_id)
     try:
@@ -128,13 +149,18 @@ async def _queue_notifications(
     needed: set[tuple[str, str]] = set()
     for subscription in candidates:
         needed |= chain_targets(subscription.query, values)
-    targets = await load_index_values(session, exchange.domain, needed) if needed else {}
+    targets = await load_chain_targets(session, exchange.domain, needed) if needed else {}
     snapshot = runtime.access.snapshot
     caller = exchange.authorised().caller
     queued = False
     for subscription in candidates:
         if subscription.owner is None or not matches(
-            subscription.query, resource, values, resolve=lambda t, i: targets.get((t, i))
+            subscription.query,
+            resource,
+            values,
+            resolve=lambda t, i: targets.get((t, i)),
+            # A chain only looks into what the subscriber may read, as its search would.
+            readable=_readable_by(snapshot, exchange.domain, subscription.owner),
         ):
             continue
         # Fail closed: a subscriber never hears of what it may not read.
@@ -154,6 +180,10 @@ async def _queue_notifications(
         )
         queued = True
     return queued
+
+
+def _readable_by(snapshot: Snapshot, domain: str, subscriber: str) -> OriginsOf:
+    return lambda rtype: subscriber_origins(snapshot, domain, subscriber, rtype)
 
 
 async def _registered_email(session: AsyncSession, domain: str, bsn: str | None) -> str | None:

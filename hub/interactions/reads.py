@@ -2,7 +2,9 @@
 
 Permission is checked against the STORED resource's origin; search narrows in
 SQL to the origins the caller may read, so totals and paging never count what
-the caller cannot see.
+the caller cannot see. A chained parameter looks into the referenced type, so it
+is narrowed to the targets the caller may read, and refused (403) like a search
+of that type when the caller may read none of it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlencode
 
+from hub.access.policy import Access
 from hub.audit.events import Entity, query_entity
 from hub.fhir import jsonio
 from hub.fhir.bundle import Entry, bundle, format_instant
@@ -127,6 +130,17 @@ def search_query(exchange: Exchange, rtype: str, params: Sequence[tuple[str, str
     return parse_search(rtype, params, strict=exchange.prefer.strict)
 
 
+def refuse_unreadable_chains(access: Access, query: Query) -> None:
+    """403 for a chain into a type the caller may read nothing of, as a search of that type gets.
+
+    Where the caller may read some of the type, the search narrows the chain instead.
+    """
+    for clause in query.clauses:
+        target = clause.target_type
+        if target is not None and access.readable_origins(target) == frozenset():
+            raise forbidden(f"{clause.name} looks into {target} resources, which may not be read")
+
+
 def _page_url(base: str, query: Query, cursor: str | None) -> str:
     pairs = query.canonical_params()
     if cursor:
@@ -147,6 +161,7 @@ async def search(
     if not access.may_search(rtype):
         raise forbidden()
     query = search_query(exchange, rtype, params)
+    refuse_unreadable_chains(access, query)
     settings = exchange.runtime.settings
     # `_count=0` asks for the total only (FHIR R4 §3.1.1.5.5): 0 must not become the default.
     count = settings.default_page_size if query.count is None else query.count
@@ -158,6 +173,7 @@ async def search(
             query=query,
             allowed_origins=access.origins("search", rtype),
             page_size=page_size,
+            target_origins=access.readable_origins,
         )
     base = exchange.runtime.fhir_base(exchange.domain)
     exchange.entities += [_version_entity(row.rtype, row.id, row.version_id) for row in page.rows]

@@ -9,7 +9,6 @@ generation) and its AuditEvent. After commit the dispatcher is woken.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,25 +16,19 @@ from hub.audit.events import Entity
 from hub.audit.store import chain_posted, store_event
 from hub.fhir import jsonio
 from hub.fhir.extract import extract
-from hub.fhir.model import Rules, parse_body, validate
+from hub.fhir.model import parse_body, validate
 from hub.fhir.origin import origin_references, with_origin
 from hub.fhir.outcome import FhirError, bad_request, forbidden, not_found, unprocessable
 from hub.fhir.stamp import stamp
 from hub.interactions import effects
 from hub.interactions.exchange import Exchange
 from hub.interactions.reads import Found, gone
-from hub.rules.notification import validate_communication
 from hub.runtime import utcnow
 from hub.store import resources
 from hub.store.outbox import announce
 from hub.trace import new_id
 
 _WEAK_ETAG = re.compile(r'^(?:W/)?"(\d+)"$')
-
-# Types whose own rules answer 400, as a broken R4 structure does: they are checked with
-# the structure, so one OperationOutcome lists every problem of both. A Communication is
-# a Spreekuur.nl notification, whose contract asks for exactly that.
-RULES_WITH_THE_STRUCTURE: Mapping[str, Rules] = {"Communication": validate_communication}
 
 
 @dataclass(frozen=True)
@@ -155,7 +148,7 @@ async def create(exchange: Exchange, rtype: str, body: bytes) -> Written:
         raise forbidden()
     resource = parse_body(body, expected_type=rtype)
     effects.check_essentials(rtype, resource)
-    validate(resource, rules=RULES_WITH_THE_STRUCTURE.get(rtype))
+    validate(resource, rules=effects.STRUCTURAL_RULES.get(rtype))
     _refuse_client_origin(rtype, resource)
     resource.pop("id", None)  # the hub assigns the id
     resource = await effects.before_write(exchange, resource, previous=None)
@@ -187,7 +180,7 @@ async def update(
             f"The resource id ({resource.get('id')!r}) must equal the id in the URL ({id!r})",
             f"{rtype}.id",
         )
-    validate(resource, rules=RULES_WITH_THE_STRUCTURE.get(rtype))
+    validate(resource, rules=effects.STRUCTURAL_RULES.get(rtype))
     previous = jsonio.loads(current.content)
     stored_origins = origin_references(previous)
     supplied_origins = origin_references(resource)
@@ -214,6 +207,7 @@ async def delete(exchange: Exchange, rtype: str, id: str) -> bool:
             raise not_found(f"{rtype}/{id} does not exist")
         if not access.allows("delete", rtype, row.origin):
             raise forbidden()
+        effects.check_deletable(exchange, rtype, id)
         if row.deleted:
             return False
         now = utcnow()

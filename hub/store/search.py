@@ -10,6 +10,11 @@ Paging is keyset, not offset: rows are ordered by the sort keys and then `pk`
 starts strictly after (or, going back, before) the boundary row's sort values.
 Inserts and deletes between requests therefore never shift or repeat rows.
 
+A chained clause (`Task?instantiates.publisherId=x`) looks into the referenced
+resources, so it is narrowed like the search itself: it only matches targets
+whose origin the caller may read (`target_origins`), or a search could probe
+the fields of resources the caller cannot read.
+
 The cursor is `base64url(json) "." base64url(check)`: the json holds the
 direction and the boundary values, the check is a BLAKE2b digest over them and
 the query's filters and sort. It is tamper-evident, not secret: it grants
@@ -40,10 +45,12 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.fhir.extract import normalize
+from hub.fhir.match import OriginsOf, Target, unrestricted
 from hub.fhir.outcome import bad_request
 from hub.fhir.query import (
     Clause,
@@ -56,7 +63,7 @@ from hub.fhir.query import (
     UriValue,
     Value,
 )
-from hub.store.index import DATE, REFERENCE, RESOURCES, STRING, TOKEN, URI
+from hub.store.index import DATE, REFERENCE, RESOURCES, STRING, TOKEN, URI, load_index_values
 from hub.store.tables import StoredResource
 
 # Types whose default order is newest first.
@@ -203,12 +210,12 @@ def _has_row(
 
 
 def _clause_condition(
-    clause: Clause, owner: FromClause, domain: str, rtype: str
+    clause: Clause, owner: FromClause, domain: str, rtype: str, target_origins: OriginsOf
 ) -> ColumnElement[bool]:
     """The SQL of one clause for the resource row `owner` (`resources` or an alias of it)."""
     param = clause.param
     if clause.chain is not None:
-        return _chain_condition(clause, owner, domain, rtype)
+        return _chain_condition(clause, owner, domain, rtype, target_origins)
     if param.column == "id":
         ids = [value.code for value in clause.values if isinstance(value, TokenValue)]
         return owner.c.id.not_in(ids) if clause.modifier == "not" else owner.c.id.in_(ids)
@@ -227,14 +234,19 @@ def _clause_condition(
 
 
 def _chain_condition(
-    clause: Clause, owner: FromClause, domain: str, rtype: str
+    clause: Clause, owner: FromClause, domain: str, rtype: str, target_origins: OriginsOf
 ) -> ColumnElement[bool]:
-    """The resource references a live `target_type` resource that meets the inner clause."""
+    """The resource references a live, readable `target_type` resource meeting the inner clause."""
     assert clause.chain is not None
     assert clause.target_type is not None
+    origins = target_origins(clause.target_type)
+    if origins is not None and not origins:
+        return false()  # The caller may read no resource of the target type.
     reference = REFERENCE.alias()
     target = RESOURCES.alias()
-    inner = _clause_condition(clause.chain, target, domain, clause.target_type)
+    inner = _clause_condition(clause.chain, target, domain, clause.target_type, target_origins)
+    # `hub.fhir.match.origin_allowed`: a target without origin only when any origin is readable.
+    readable = [] if origins is None else [target.c.origin.in_(sorted(origins))]
     return exists(
         select(literal(1))
         .select_from(reference)
@@ -253,13 +265,14 @@ def _chain_condition(
             reference.c.param == clause.param.code,
             reference.c.ref_type == clause.target_type,
             target.c.deleted == false(),
+            *readable,
             inner,
         )
     )
 
 
 def _filters(
-    query: Query, domain: str, allowed_origins: frozenset[str] | None
+    query: Query, domain: str, allowed_origins: frozenset[str] | None, target_origins: OriginsOf
 ) -> list[ColumnElement[bool]]:
     owner = RESOURCES
     filters = [
@@ -270,7 +283,8 @@ def _filters(
     if allowed_origins is not None:
         filters.append(owner.c.origin.in_(sorted(allowed_origins)))
     filters.extend(
-        _clause_condition(clause, owner, domain, query.resource_type) for clause in query.clauses
+        _clause_condition(clause, owner, domain, query.resource_type, target_origins)
+        for clause in query.clauses
     )
     return filters
 
@@ -388,6 +402,33 @@ def decode_cursor(query: Query, cursor: str, size: int) -> tuple[list[Any], bool
     return bounds, document["d"] == "prev"
 
 
+def _nothing(_rtype: str) -> frozenset[str]:
+    return frozenset()
+
+
+async def load_chain_targets(
+    session: AsyncSession, domain: str, refs: set[tuple[str, str]]
+) -> dict[tuple[str, str], Target]:
+    """The current, non-deleted `(type, id)`s of `domain` as chain targets (values and origin).
+
+    For `hub.fhir.match.matches`, so that a chain in a Subscription's criteria is
+    narrowed to the targets its owner may read, as a search would be.
+    """
+    values = await load_index_values(session, domain, refs)
+    if not values:
+        return {}
+    connection = await session.connection()
+    found = await connection.execute(
+        select(RESOURCES.c.rtype, RESOURCES.c.id, RESOURCES.c.origin).where(
+            RESOURCES.c.domain == domain,
+            RESOURCES.c.deleted == false(),
+            tuple_(RESOURCES.c.rtype, RESOURCES.c.id).in_(sorted(values)),
+        )
+    )
+    origins = {(rtype, id_): origin for rtype, id_, origin in found.all()}
+    return {ref: Target(values[ref], origins[ref]) for ref in values if ref in origins}
+
+
 async def search(
     session: AsyncSession,
     *,
@@ -395,14 +436,21 @@ async def search(
     query: Query,
     allowed_origins: frozenset[str] | None,
     page_size: int,
+    target_origins: OriginsOf | None = None,
 ) -> SearchPage:
     """One page of the resources of `domain` that match `query`.
 
     `allowed_origins` narrows to resources whose resource-origin Device is in
     the set (None = no narrowing), in SQL, so totals and pages stay right.
+    `target_origins(type)` likewise narrows the targets a chained clause looks
+    into (None = any, empty = none). Left out, it fails closed: chains are
+    unrestricted only for an unrestricted search (`allowed_origins` None, the
+    hub's own searches) and match nothing otherwise.
     """
+    if target_origins is None:
+        target_origins = unrestricted if allowed_origins is None else _nothing
     connection = await session.connection()
-    filters = _filters(query, domain, allowed_origins)
+    filters = _filters(query, domain, allowed_origins, target_origins)
     total = None
     if query.total != "none" or query.summary == "count":
         counted = select(func.count()).select_from(RESOURCES).where(*filters)

@@ -107,6 +107,9 @@ CASES = [
          body=fhir_json({"resourceType": "AuditEvent", "id": "x"}), headers={"If-Match": 'W/"1"'}),
     Case("delete AuditEvent", "DELETE", "/AuditEvent/x", 405, client="admin"),
     Case("delete AuditEvent, no token", "DELETE", "/AuditEvent/x", 401, client=None),
+    # 409: the Devices of the hub and of registered apps are the apps file's to remove.
+    Case("delete a registered app's Device", "DELETE", "/Device/xis", 409, client="admin"),
+    Case("delete the hub's Device", "DELETE", "/Device/koppeltaal-hub", 409, client="admin"),
     Case("PATCH", "PATCH", "/Patient/x", 405, body=b"[]"),
     Case("POST to an instance", "POST", "/Patient/x", 405,
          body=fhir_json({"resourceType": "Patient"})),

@@ -12,6 +12,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from hub.fhir.extract import IndexValues, extract
+from hub.fhir.match import Target
+from hub.fhir.origin import origin_device
 from hub.fhir.query import Query, parse_search
 
 KT = "http://koppeltaal.nl/fhir/StructureDefinition"
@@ -266,3 +268,8 @@ def case_query(resource_type: str, query_string: str) -> Query:
 
 def index_of(resources: list[Resource]) -> Mapping[tuple[str, str], IndexValues]:
     return {(r["resourceType"], r["id"]): extract(r) for r in resources}
+
+
+def targets_of(resources: list[Resource]) -> Mapping[tuple[str, str], Target]:
+    """The resources as chain targets (`hub.fhir.match.Resolver` answers)."""
+    return {(r["resourceType"], r["id"]): Target(extract(r), origin_device(r)) for r in resources}

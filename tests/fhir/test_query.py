@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import parse_qsl
 
 import pytest
 
@@ -210,3 +211,108 @@ def test_split_and_unescape() -> None:
     assert split_escaped(r"a\,b,c\\,d", ",") == [r"a\,b", "c\\\\", "d"]
     assert split_escaped("a|b|c", "|", limit=1) == ["a", "b|c"]
     assert unescape(r"a\,b\$c\|d\\e\x") == r"a,b$c|d\e\x"
+
+
+# --- empty values: the name is checked first, then the value is ignored ---------------------
+
+
+def test_an_empty_value_is_ignored_only_once_its_name_is_known() -> None:
+    query = parse_search(
+        "Task",
+        [("foo", ""), ("status:bogus", ""), ("status", ""), ("instantiates.publisherId", "")],
+    )
+    assert query.clauses == ()
+    assert query.unknown == ("foo", "status:bogus")
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ([("foo", "")], "foo"),
+        ([("status:bogus", "")], "status:bogus"),
+        ([("instantiates.publisherId:bogus", "")], "instantiates.publisherId:bogus"),
+    ],
+)
+def test_strict_mode_refuses_an_unknown_name_with_an_empty_value(
+    params: list[tuple[str, str]], name: str
+) -> None:
+    with pytest.raises(FhirError) as raised:
+        parse_search("Task", params, strict=True)
+    assert raised.value.status == 400
+    assert raised.value.issues[0].expression == (name,)
+    # The same parameters with a known name and an empty value are ignored.
+    assert parse_search("Task", [("status", "")], strict=True).clauses == ()
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ([("status:exact", "")], "status:exact"),
+        ([("status:Patient", "")], "status:Patient"),
+        ([("owner:Group", "")], "owner:Group"),
+        ([("status.name", "")], "status.name"),
+        ([("instantiates.nothing", "")], "instantiates.nothing"),
+        ([("instantiates._id", "")], "instantiates._id"),
+    ],
+)
+def test_a_wrong_name_is_a_400_even_with_an_empty_value(
+    params: list[tuple[str, str]], name: str
+) -> None:
+    with pytest.raises(FhirError) as raised:
+        parse_search("Task", params)
+    assert raised.value.status == 400
+    assert raised.value.issues[0].expression == (name,)
+
+
+def test_empty_result_controls_are_ignored() -> None:
+    query = parse_search(
+        "Task",
+        [("_count", ""), ("_sort", ""), ("_total", ""), ("_summary", ""), ("_cursor", "")],
+    )
+    assert query == parse_search("Task", [])
+    assert parse_search("Task", [("_count", ""), ("_count", "5")]).count == 5
+
+
+@pytest.mark.parametrize(
+    ("criteria", "name"),
+    [
+        ("Task?bogus=", "bogus"),
+        ("Task?status:bogus=", "status:bogus"),
+        ("Task?status=ready&bogus=", "bogus"),
+    ],
+)
+def test_criteria_refuse_an_unknown_name_with_an_empty_value(criteria: str, name: str) -> None:
+    with pytest.raises(FhirError) as raised:
+        parse_criteria(criteria)
+    assert raised.value.status == 400
+    assert raised.value.issues[0].expression == (name,)
+    # As Subscription.criteria the expression becomes the element: the text names the parameter.
+    assert repr(name) in raised.value.text
+
+
+@pytest.mark.parametrize(
+    ("criteria", "name"),
+    [
+        ("Task?status=ready&_cursor=abc.def", "_cursor"),
+        ("Task?status=ready&_cursor=", "_cursor"),
+        ("Task?_format=json", "_format"),
+        ("Task?_summary=count", "_summary"),
+        ("Task?status=ready&_count=0", "_count"),
+    ],
+)
+def test_criteria_refuse_result_controls_that_make_no_sense_there(criteria: str, name: str) -> None:
+    with pytest.raises(FhirError) as raised:
+        parse_criteria(criteria)
+    assert raised.value.status == 400
+    assert raised.value.issues[0].expression == (name,)
+    assert "Subscription.criteria" in raised.value.text
+    # An ordinary search takes them.
+    resource_type, _, query_string = criteria.partition("?")
+    parse_search(resource_type, parse_qsl(query_string, keep_blank_values=True), strict=True)
+
+
+def test_criteria_accept_the_controls_of_the_search_a_subscriber_runs() -> None:
+    query = parse_criteria("Task?status=ready&_sort=-_lastUpdated&_count=10&_total=none")
+    assert (query.sort, query.count, query.total) == ((SortKey("_lastUpdated", True),), 10, "none")
+    assert parse_criteria("Task?status=ready&_summary=false").summary is None
+    assert parse_criteria("Task?status=").clauses == ()  # a known name: the empty value is ignored

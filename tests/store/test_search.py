@@ -12,14 +12,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub.fhir.extract import extract, instant
-from hub.fhir.match import matches
+from hub.fhir.match import OriginsOf, Target, matches
+from hub.fhir.origin import origin_device
 from hub.fhir.outcome import FhirError
 from hub.fhir.query import Query, parse_search
 from hub.store.db import Database
 from hub.store.index import write_index
 from hub.store.search import SearchPage, search
 from hub.store.tables import StoredResource
-from tests.fhir.corpus import CASES, DELETED, KT, LIVE, case_query, instantiates, resource
+from tests.fhir.corpus import (
+    CASES,
+    DELETED,
+    KT,
+    LIVE,
+    case_query,
+    instantiates,
+    publisher,
+    resource,
+)
 
 DOMAIN = "demo"
 
@@ -34,7 +44,6 @@ async def store(
     """Insert resources as the repository would: a `resources` row plus index rows."""
     async with database.write() as session:
         for r in resources:
-            ref = r["extension"][0]["valueReference"]["reference"]
             row = StoredResource(
                 domain=domain,
                 rtype=r["resourceType"],
@@ -42,7 +51,7 @@ async def store(
                 version_id=1,
                 last_updated=instant(r["meta"]["lastUpdated"]) or datetime.min,
                 deleted=deleted,
-                origin=ref.removeprefix("Device/"),
+                origin=origin_device(r),
                 content=json.dumps(r),
             )
             session.add(row)
@@ -59,10 +68,16 @@ async def run(
     origins: frozenset[str] | None = None,
     page_size: int = 100,
     domain: str = DOMAIN,
+    target_origins: OriginsOf | None = None,
 ) -> SearchPage:
     async with database.read() as session:
         return await search(
-            session, domain=domain, query=query, allowed_origins=origins, page_size=page_size
+            session,
+            domain=domain,
+            query=query,
+            allowed_origins=origins,
+            page_size=page_size,
+            target_origins=target_origins,
         )
 
 
@@ -96,6 +111,58 @@ async def test_deleted_resources_are_not_found(database: Database) -> None:
     assert (ids(page), page.total) == ([], 0)
     page = await run(database, query("ActivityDefinition", "_id=ad3"))
     assert (ids(page), page.total) == ([], 0)
+
+
+def only(rtype: str, origins: frozenset[str] | None) -> OriginsOf:
+    """`OriginsOf` for a caller who may read `origins` of `rtype` (and nothing of other types)."""
+    return lambda asked: origins if asked == rtype else frozenset()
+
+
+async def test_a_chain_only_looks_into_targets_the_caller_may_read(database: Database) -> None:
+    await store(database, LIVE)
+    await store(database, DELETED, deleted=True)
+    chained = query("Task", "instantiates.publisherId=pubA,pubB")
+
+    async def found(target_origins: OriginsOf | None, **kwargs: Any) -> tuple[list[str], int]:
+        page = await run(database, chained, target_origins=target_origins, **kwargs)
+        assert page.total is not None
+        return sorted(ids(page)), page.total
+
+    # ad1 (pubA) and ad2 (pubB) are both made by dev-m.
+    assert await found(only("ActivityDefinition", None)) == (["t1", "t2"], 2)
+    assert await found(only("ActivityDefinition", frozenset({"dev-m"}))) == (["t1", "t2"], 2)
+    # The probe: a caller who may not read dev-m's ActivityDefinitions learns nothing of them.
+    assert await found(only("ActivityDefinition", frozenset({"dev-x"}))) == ([], 0)
+    assert await found(only("ActivityDefinition", frozenset())) == ([], 0)
+    assert await found(only("Patient", None)) == ([], 0)
+    # Narrowed on both: the Task's own origin and the target's.
+    both = await found(
+        only("ActivityDefinition", frozenset({"dev-m"})), origins=frozenset({"dev-b"})
+    )
+    assert both == (["t2"], 1)
+    # Left out, chains fail closed for a narrowed search, and are open only to the hub itself.
+    assert await found(None, origins=frozenset({"dev-a", "dev-b"})) == ([], 0)
+    assert await found(None) == (["t1", "t2"], 2)
+    # A search without a chain is not affected by what the caller may read elsewhere.
+    plain = await run(database, query("Task", "status=ready"), target_origins=only("X", None))
+    assert sorted(ids(plain)) == ["t1", "t3"]
+
+
+async def test_a_chain_target_without_origin_is_readable_only_to_an_unrestricted_caller(
+    database: Database,
+) -> None:
+    orphan = resource("ActivityDefinition", "ad9", "2024-01-01T00:00:00Z", "dev-m")
+    orphan["extension"] = [publisher("pubZ")]  # no resource-origin
+    task = resource(
+        "Task", "t9", "2024-01-01T00:00:00Z", "dev-a",
+        extension=[instantiates("ActivityDefinition/ad9")],
+    )  # fmt: skip
+    await store(database, [orphan, task])
+    chained = query("Task", "instantiates.publisherId=pubZ")
+    anyone = await run(database, chained, target_origins=only("ActivityDefinition", None))
+    assert ids(anyone) == ["t9"]
+    restricted = only("ActivityDefinition", frozenset({"dev-m"}))
+    assert ids(await run(database, chained, target_origins=restricted)) == []
 
 
 def tasks(count: int, start: int = 0) -> list[dict[str, Any]]:
@@ -297,14 +364,22 @@ DATES = [
 INSTANTS = ["2024-01-15T10:00:00Z", "2024-01-15T10:00:00.5+01:00", "2023-12-31T23:59:59Z"]
 PREFIXES = ["", "eq", "ne", "lt", "le", "gt", "ge", "sa", "eb"]
 TARGETS = ["ActivityDefinition/ad1", "ActivityDefinition/ad2", "ActivityDefinition/ad3",
-           "ActivityDefinition/nope"]  # fmt: skip
+           "ActivityDefinition/ad4", "ActivityDefinition/nope"]  # fmt: skip
 SUBJECTS = ["Patient/p1", "Patient/p2", "https://elsewhere.example/fhir/Patient/p1", "Group/p1"]
 NAMES = ["Jansen", "jan", "Müller", "Mul", "de Vries", "Émile", "Ann"]
 AGREEMENT_TARGETS = [
     resource("ActivityDefinition", "ad1", "2024-01-01T00:00:00Z", "dev-m",
              extension=[{"url": f"{KT}/KT2PublisherId", "valueId": "pubA"}]),
-    resource("ActivityDefinition", "ad2", "2024-01-01T00:00:00Z", "dev-m",
+    resource("ActivityDefinition", "ad2", "2024-01-01T00:00:00Z", "dev-n",
              extension=[{"url": f"{KT}/KT2PublisherId", "valueId": "pubB"}]),
+    # Without a resource-origin: only a caller who may read any origin sees it.
+    resource("ActivityDefinition", "ad4", "2024-01-01T00:00:00Z", "dev-m")
+    | {"extension": [{"url": f"{KT}/KT2PublisherId", "valueId": "pubA"}]},
+]  # fmt: skip
+# What the searching caller (or subscriber) may read of the chain targets' type.
+READABLE_TARGETS: list[frozenset[str] | None] = [
+    None, frozenset(), frozenset({"dev-m"}), frozenset({"dev-n"}), frozenset({"dev-m", "dev-n"}),
+    frozenset({"dev-x"}),
 ]  # fmt: skip
 
 
@@ -438,12 +513,12 @@ def patient_clauses() -> st.SearchStrategy[tuple[str, str]]:
     )
 
 
-Scenario = tuple[str, list[dict[str, Any]], list[list[tuple[str, str]]]]
+Scenario = tuple[str, list[dict[str, Any]], list[list[tuple[str, str]]], frozenset[str] | None]
 
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
-    """Some resources of one type, and several searches to run over them."""
+    """Some resources of one type, several searches to run over them, and who runs them."""
     resource_type = draw(st.sampled_from(["Task", "Patient"]))
     make, clauses = (
         (task_resources, task_clauses)
@@ -453,7 +528,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     count = draw(st.integers(min_value=1, max_value=8))
     resources = [draw(make(n)) for n in range(count)]
     searches = st.lists(clauses(), min_size=1, max_size=2)
-    return resource_type, resources, draw(st.lists(searches, min_size=6, max_size=6))
+    readable = draw(st.sampled_from(READABLE_TARGETS))
+    return resource_type, resources, draw(st.lists(searches, min_size=6, max_size=6)), readable
 
 
 _domains = iter(range(1_000_000))
@@ -466,18 +542,28 @@ _domains = iter(range(1_000_000))
 )
 @given(scenario=scenarios())
 async def test_matches_agrees_with_search(database: Database, scenario: Scenario) -> None:
-    resource_type, resources, searches = scenario
+    resource_type, resources, searches, readable_targets = scenario
     domain = f"prop{next(_domains)}"  # every example gets a clean domain
     await store(database, AGREEMENT_TARGETS + resources, domain=domain)
     await store(database, DELETED, domain=domain, deleted=True)
-    targets = {(r["resourceType"], r["id"]): extract(r) for r in AGREEMENT_TARGETS}
+    targets = {
+        (r["resourceType"], r["id"]): Target(extract(r), origin_device(r))
+        for r in AGREEMENT_TARGETS
+    }
+    readable = only("ActivityDefinition", readable_targets)
     for params in searches:
         parsed = parse_search(resource_type, params)
         expected = [
             r["id"]
             for r in resources
-            if matches(parsed, r, extract(r), resolve=lambda t, i: targets.get((t, i)))
+            if matches(
+                parsed,
+                r,
+                extract(r),
+                resolve=lambda t, i: targets.get((t, i)),
+                readable=readable,
+            )
         ]
-        page = await run(database, parsed, domain=domain)
+        page = await run(database, parsed, domain=domain, target_origins=readable)
         assert (params, sorted(ids(page))) == (params, sorted(expected))
         assert page.total == len(expected)
