@@ -1,0 +1,173 @@
+"""The hubs under benchmark: their database, their settings, starting and stopping them.
+
+Each hub is a real `bench.server` process (uvicorn, the same app as `hub serve`)
+on loopback; the benchmark talks to it only over HTTP, like an application,
+except where `bench.store` says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from hub.access.assertion import CLIENT_ASSERTION_TYPE, make_client_assertion
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+DOMAIN = "bench"
+CLIENT = "bench-xis"
+
+
+@dataclass
+class Hub:
+    process: asyncio.subprocess.Process
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def fhir(self) -> str:
+        return f"{self.url}/{DOMAIN}/fhir"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def start_hub(env: dict[str, str], *, audit: bool) -> Hub:
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.server",
+        "--port",
+        str(port),
+        *(() if audit else ("--no-audit",)),
+        env={**env, "HUB_PUBLIC_URL": f"http://127.0.0.1:{port}"},
+        cwd=REPOSITORY,
+    )
+    hub = Hub(process, port)
+    async with httpx.AsyncClient() as client:
+        for _ in range(600):
+            if process.returncode is not None:
+                raise SystemExit(f"bench: the hub exited with {process.returncode}")
+            try:
+                if (await client.get(f"{hub.url}/readyz")).status_code == 200:
+                    return hub
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit("bench: the hub did not become ready within a minute")
+
+
+async def stop_hub(hub: Hub) -> None:
+    if hub.process.returncode is None:
+        hub.process.terminate()
+        try:
+            await asyncio.wait_for(hub.process.wait(), 30)
+        except TimeoutError:
+            hub.process.kill()
+            await hub.process.wait()
+
+
+async def access_token(hub: Hub, private_pem: bytes) -> str:
+    token_url = f"{hub.url}/{DOMAIN}/oauth2/token"
+    assertion = make_client_assertion(
+        private_pem, client_id=CLIENT, token_url=token_url, kid=f"{CLIENT}-1"
+    )
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": CLIENT_ASSERTION_TYPE,
+        "client_assertion": assertion,
+    }
+    async with httpx.AsyncClient() as client:
+        response = await client.post(token_url, data=form)
+    response.raise_for_status()
+    token: str = response.json()["access_token"]
+    return token
+
+
+def headers(token: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/fhir+json",
+        "Content-Type": "application/fhir+json",
+    }
+
+
+def api_client(hub: Hub, token: str) -> httpx.AsyncClient:
+    """An httpx client on the bench domain's FHIR base (for setup, not for measuring)."""
+    return httpx.AsyncClient(base_url=hub.fhir, headers=headers(token), timeout=60)
+
+
+@asynccontextmanager
+async def bench_database(directory: Path) -> AsyncIterator[str]:
+    """SQLite in `directory`, or a fresh database on HUB_BENCH_DATABASE_URL's server."""
+    server = os.environ.get("HUB_BENCH_DATABASE_URL")
+    if not server:
+        yield f"sqlite+aiosqlite:///{directory / 'hub.db'}"
+        return
+    url = make_url(server)
+    name = f"hub_bench_{secrets.token_hex(6)}"
+    admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+def hub_env(
+    directory: Path, database_url: str, jwks: dict[str, Any], ca_bundle: Path
+) -> dict[str, str]:
+    """`HUB_*` settings of the hubs: defaults, except what a loopback benchmark needs."""
+    apps = directory / "apps.yaml"
+    app = {"client_id": CLIENT, "name": "Bench XIS", "role": "Zorgondersteuning", "jwks": jwks}
+    apps.write_text(yaml.safe_dump({"domains": [{"name": DOMAIN, "apps": [app]}]}))
+    return {
+        **os.environ,
+        "HUB_DATABASE_URL": database_url,
+        "HUB_APPS": str(apps),
+        "HUB_AUTHZ_MATRIX": str(REPOSITORY / "authz_matrix.yaml"),
+        "HUB_KEYS_DIR": str(directory / "keys"),
+        "HUB_CA_BUNDLE": str(ca_bundle),
+        "HUB_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
+        "HUB_SITE": "bench",
+    }
+
+
+def verify_audit(env: dict[str, str]) -> tuple[int, float, str]:
+    """`hub audit verify` on the bench domain: exit code, seconds taken, its verdict."""
+    started = time.perf_counter()
+    completed = subprocess.run(  # noqa: S603 (our own interpreter and module)
+        [sys.executable, "-m", "hub.cli", "audit", "verify", "--domain", DOMAIN],
+        env=env,
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return completed.returncode, time.perf_counter() - started, completed.stdout.strip()

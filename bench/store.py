@@ -1,0 +1,107 @@
+"""The benchmark's only way past the HTTP API: the hub's own storage functions, in-process.
+
+Two jobs need it:
+
+- Setting up thousands of Subscriptions. Through the API each one would cost
+  the hub a reload of its whole subscription index (every Subscription write
+  changes the index generation), so 10,000 would take an hour of setup. Instead
+  a Subscription made through the API is the template, and copies of it with
+  other criteria and endpoints are stored with the same functions a write uses
+  (`stamp`, `extract`, `resources.insert`) and the index generation is bumped,
+  so the hub loads them as it loads any Subscription. They get no AuditEvent of
+  their own: no application made them.
+- Knowing when the hub has delivered everything it queued: the outbox is empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlmodel import col
+
+from bench.hubs import CLIENT, DOMAIN
+from hub.fhir import jsonio
+from hub.fhir.extract import extract
+from hub.fhir.outcome import FhirError
+from hub.fhir.query import parse_criteria
+from hub.fhir.stamp import stamp
+from hub.notify.registry import bump_generation
+from hub.rules.subscription import validate_subscription
+from hub.runtime import utcnow
+from hub.store import resources
+from hub.store.db import Database
+from hub.store.outbox import PENDING
+from hub.store.tables import OutboxRow
+from hub.trace import new_id
+
+# Rows per transaction: short enough that the hub's own writes (its dispatcher)
+# are never held up for long behind the benchmark's.
+_BATCH = 500
+
+
+class Store:
+    def __init__(self, database_url: str) -> None:
+        self.database = Database(database_url, pool_size=2)
+
+    async def close(self) -> None:
+        await self.database.dispose()
+
+    async def copy_subscriptions(
+        self, template: dict[str, Any], specs: Sequence[tuple[str, str]]
+    ) -> None:
+        """Store a copy of `template` for each `(criteria, endpoint)`, as the API would."""
+        for start in range(0, len(specs), _BATCH):
+            async with self.database.write() as session:
+                now = utcnow()
+                for criteria, endpoint in specs[start : start + _BATCH]:
+                    resource = _copy(template, criteria, endpoint)
+                    id = new_id()
+                    stamped = stamp(resource, id=id, version_id=1, last_updated=now)
+                    await resources.insert(
+                        session,
+                        domain=DOMAIN,
+                        rtype="Subscription",
+                        id=id,
+                        content=jsonio.dumps(stamped),
+                        last_updated=now,
+                        origin=CLIENT,
+                        values=extract(stamped),
+                    )
+                await bump_generation(session, DOMAIN)
+
+    async def backlog(self) -> int:
+        """Notifications queued and not yet delivered (or given up on)."""
+        async with self.database.read() as session:
+            statement = (
+                select(func.count()).select_from(OutboxRow).where(col(OutboxRow.state) == PENDING)
+            )
+            count: int = (await session.execute(statement)).scalar_one()
+            return count
+
+    async def drained(self, within: float) -> float | None:
+        """Seconds until the outbox is empty; None if it is not within `within` seconds."""
+        started = time.perf_counter()
+        while await self.backlog():
+            if time.perf_counter() - started > within:
+                return None
+            await asyncio.sleep(0.1)
+        return time.perf_counter() - started
+
+
+def _copy(template: dict[str, Any], criteria: str, endpoint: str) -> dict[str, Any]:
+    resource = copy.deepcopy(template)
+    for server_set in ("id", "meta"):
+        resource.pop(server_set, None)
+    resource["criteria"] = criteria
+    resource["channel"]["endpoint"] = endpoint
+    # The rules the API applies; a copy the API would refuse must not slip in here.
+    issues = validate_subscription(resource, now=datetime.now(UTC), parse_criteria=parse_criteria)
+    if issues:
+        raise FhirError(422, issues)
+    return resource
