@@ -141,8 +141,8 @@ async def test_the_survivor_delivers_what_a_killed_process_was_sending(
 
 
 def holds(process: HubProcess, row: OutboxRow) -> bool:
-    """Whether `process` leased `row` (lease owners are `<host>:<pid>`)."""
-    return (row.lease_owner or "").endswith(f":{process.pid}")
+    """Whether `process` leased `row`."""
+    return process.owns(row.lease_owner)
 
 
 async def test_a_write_in_one_process_wakes_the_other_through_listen_notify(

@@ -71,6 +71,10 @@ class HubProcess:
         assert self._process is not None
         return self._process.pid
 
+    def owns(self, lease_owner: str | None) -> bool:
+        """Whether an outbox lease is this process's (owners are `<host>:<pid>:<random>`)."""
+        return f":{self.pid}:" in (lease_owner or "")
+
     def start(self, timeout: float = 60.0) -> HubProcess:
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
