@@ -68,10 +68,21 @@ async def clear_index(session: AsyncSession, resource_pk: int) -> None:
 
 
 async def write_index(
-    session: AsyncSession, resource_pk: int, domain: str, rtype: str, values: IndexValues
+    session: AsyncSession,
+    resource_pk: int,
+    domain: str,
+    rtype: str,
+    values: IndexValues,
+    *,
+    new: bool = False,
 ) -> None:
-    """Replace the index rows of a resource with `values` (delete, then bulk insert)."""
-    await clear_index(session, resource_pk)
+    """Replace the index rows of a resource with `values` (delete, then bulk insert).
+
+    A `new` resource has no rows yet: skipping the delete saves one statement per
+    index table, a fifth of a create's SQL.
+    """
+    if not new:
+        await clear_index(session, resource_pk)
     connection = await session.connection()
     for table, rows in _rows_by_table(values):
         if not rows:

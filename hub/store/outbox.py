@@ -66,26 +66,28 @@ async def enqueue_webhook(
     one resource that are both still waiting carry no more news than one: the
     waiting row takes the newer version and the newer trigger's trace ids.
     """
-    coalesced = await session.execute(
-        update(OutboxRow)
-        .where(
-            col(OutboxRow.subscription_id) == subscription_id,
-            col(OutboxRow.resource_type) == resource_type,
-            col(OutboxRow.resource_id) == resource_id,
-            col(OutboxRow.state) == PENDING,
-            col(OutboxRow.domain) == domain,
-            col(OutboxRow.attempts) == 0,
-            col(OutboxRow.lease_owner).is_(None),
+    # A create's id is new: no row of it can be waiting, so skip the UPDATE.
+    if version_id > 1:
+        coalesced = await session.execute(
+            update(OutboxRow)
+            .where(
+                col(OutboxRow.subscription_id) == subscription_id,
+                col(OutboxRow.resource_type) == resource_type,
+                col(OutboxRow.resource_id) == resource_id,
+                col(OutboxRow.state) == PENDING,
+                col(OutboxRow.domain) == domain,
+                col(OutboxRow.attempts) == 0,
+                col(OutboxRow.lease_owner).is_(None),
+            )
+            .values(
+                version_id=version_id,
+                source_device=source_device,
+                request_id=request_id,
+                trace_id=trace_id,
+            )
         )
-        .values(
-            version_id=version_id,
-            source_device=source_device,
-            request_id=request_id,
-            trace_id=trace_id,
-        )
-    )
-    if affected(coalesced):
-        return
+        if affected(coalesced):
+            return
     session.add(
         OutboxRow(
             channel="rest-hook",

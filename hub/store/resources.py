@@ -105,7 +105,7 @@ async def insert(
             content=content,
         )
     )
-    await write_index(session, row.pk, domain, rtype, values)
+    await write_index(session, row.pk, domain, rtype, values, new=True)
     return row
 
 
