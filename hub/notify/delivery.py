@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,7 +36,7 @@ from hub.notify.status import set_status
 from hub.notify.webhook import EndpointLimiter, notification_headers
 from hub.runtime import HUB_DEVICE, Runtime, utcnow
 from hub.store import outbox, resources
-from hub.store.db import dialect_of
+from hub.store.db import affected, dialect_of
 from hub.store.tables import DeliveryHealth, OutboxRow
 from hub.trace import TraceIds
 
@@ -124,7 +124,7 @@ class Deliverer:
             trace=trace,
             recorded=utcnow(),
         )
-        await self._record(row, attempt, event, subscription_id=subscription.id)
+        await self._record(row, attempt, event, subscription=subscription)
 
     async def _send(
         self, row: OutboxRow, subscription: LiveSubscription
@@ -220,7 +220,7 @@ class Deliverer:
             trace=trace,
             recorded=utcnow(),
         )
-        await self._record(row, attempt, event, subscription_id=None)
+        await self._record(row, attempt, event, subscription=None)
 
     async def _send_mail(self, recipient: str, kind: str | None, smtp_url: str) -> Attempt:
         settings = self.runtime.settings
@@ -249,7 +249,7 @@ class Deliverer:
         attempt: Attempt,
         event: dict[str, Any],
         *,
-        subscription_id: str | None,
+        subscription: LiveSubscription | None,
     ) -> None:
         now = utcnow()
         async with self.runtime.database.write() as session:
@@ -264,8 +264,8 @@ class Deliverer:
                     error=attempt.description or "delivery failed",
                     now=now,
                 )
-            if subscription_id is not None:
-                await self._keep_health(session, row.domain, subscription_id, attempt, now)
+            if subscription is not None:
+                await self._keep_health(session, row.domain, subscription, attempt, now)
             # The audit chain's head is locked last, as every write path does: a client's
             # Subscription update locks the Subscription first and the head last, so the
             # opposite order here would deadlock against it on PostgreSQL.
@@ -290,32 +290,58 @@ class Deliverer:
         self,
         session: AsyncSession,
         domain: str,
-        subscription_id: str,
+        subscription: LiveSubscription,
         attempt: Attempt,
         now: datetime,
     ) -> None:
-        health = await _locked_health(session, domain, subscription_id)
+        subscription_id = subscription.id
         if attempt.success:
-            health.consecutive_failures, health.last_error = 0, None
-            await set_status(
-                session, domain, subscription_id, "active", None, now, applies=_status_is("error")
-            )
-        else:
-            health.consecutive_failures += 1
-            health.last_error = attempt.description
-            if attempt.gone:
-                await set_status(session, domain, subscription_id, "off", attempt.description, now)
-            elif health.consecutive_failures >= FAILURES_BEFORE_ERROR:
+            # The common case, kept cheap: no failures to forget and the Subscription was
+            # active when checked. `error` is only ever set with failures counted, in
+            # one transaction, so a concurrent verdict shows up as a counter to reset.
+            if await _reset_failures(session, domain, subscription_id) or (
+                subscription.status != "active"
+            ):
                 await set_status(
                     session,
                     domain,
                     subscription_id,
-                    "error",
-                    attempt.description,
+                    "active",
+                    None,
                     now,
-                    applies=_status_is("active"),
+                    applies=_status_is("error"),
                 )
+            return
+        health = await _locked_health(session, domain, subscription_id)
+        health.consecutive_failures += 1
+        health.last_error = attempt.description
+        if attempt.gone:
+            await set_status(session, domain, subscription_id, "off", attempt.description, now)
+        elif health.consecutive_failures >= FAILURES_BEFORE_ERROR:
+            await set_status(
+                session,
+                domain,
+                subscription_id,
+                "error",
+                attempt.description,
+                now,
+                applies=_status_is("active"),
+            )
         session.add(health)
+
+
+async def _reset_failures(session: AsyncSession, domain: str, subscription_id: str) -> bool:
+    """Zero the Subscription's failure counter; False when it was zero (or never set)."""
+    reset = await session.execute(
+        update(DeliveryHealth)
+        .where(
+            col(DeliveryHealth.domain) == domain,
+            col(DeliveryHealth.subscription_id) == subscription_id,
+            col(DeliveryHealth.consecutive_failures) > 0,
+        )
+        .values(consecutive_failures=0, last_error=None)
+    )
+    return bool(affected(reset))
 
 
 async def _locked_health(
