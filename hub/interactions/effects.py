@@ -37,8 +37,9 @@ from hub.rules.notification import (
     validate_communication,
 )
 from hub.rules.subscription import normalise_status, validate_subscription
+from hub.store.index import load_chain_targets
 from hub.store.outbox import email_row, enqueue_webhook
-from hub.store.search import load_chain_targets, search
+from hub.store.search import search
 
 # AuditEvents are never updated or deleted (Koppeltaal), by anyone.
 APPEND_ONLY = frozenset({"AuditEvent"})

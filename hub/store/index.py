@@ -2,7 +2,7 @@
 
 The rows always describe the CURRENT version of a resource: `write_index`
 replaces them on every create and update, `clear_index` drops them on delete.
-`load_index_values` reads them back as `IndexValues`, the same shape
+`load_chain_targets` reads them back as `IndexValues`, the same shape
 `extract()` produces, so chained subscription matching can use stored targets.
 """
 
@@ -16,6 +16,7 @@ from sqlalchemy import Table, delete, false, insert, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.fhir.extract import DateRow, IndexValues, ReferenceRow, StringRow, TokenRow, UriRow
+from hub.fhir.match import Target
 from hub.store.tables import (
     DateIndex,
     ReferenceIndex,
@@ -98,25 +99,27 @@ async def write_index(
         )
 
 
-async def load_index_values(
+async def load_chain_targets(
     session: AsyncSession, domain: str, refs: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], IndexValues]:
-    """The index values of the current, non-deleted resources `(type, id)` of `domain`.
+) -> dict[tuple[str, str], Target]:
+    """The current, non-deleted resources `(type, id)` of `domain`: index values and origin.
 
-    References to missing or deleted resources are absent from the result.
+    For `hub.fhir.match.matches`, so that a chain in a Subscription's criteria is
+    narrowed to the targets its owner may read, as a search would be. References to
+    missing or deleted resources are absent from the result.
     """
     wanted = sorted(set(refs))
     if not wanted:
         return {}
     connection = await session.connection()
     found = await connection.execute(
-        select(RESOURCES.c.pk, RESOURCES.c.rtype, RESOURCES.c.id).where(
+        select(RESOURCES.c.pk, RESOURCES.c.rtype, RESOURCES.c.id, RESOURCES.c.origin).where(
             RESOURCES.c.domain == domain,
             RESOURCES.c.deleted == false(),
             tuple_(RESOURCES.c.rtype, RESOURCES.c.id).in_(wanted),
         )
     )
-    identity = {pk: (rtype, id_) for pk, rtype, id_ in found.all()}
+    identity = {pk: ((rtype, id_), origin) for pk, rtype, id_, origin in found.all()}
     if not identity:
         return {}
     collected: dict[int, dict[str, list[tuple[Any, ...]]]] = defaultdict(lambda: defaultdict(list))
@@ -129,7 +132,10 @@ async def load_index_values(
         )
         for resource_pk, *row in rows.all():
             collected[resource_pk][table.name].append(tuple(row))
-    return {identity[pk]: _values(collected.get(pk, {})) for pk in identity}
+    return {
+        ref: Target(_values(collected.get(pk, {})), origin)
+        for pk, (ref, origin) in identity.items()
+    }
 
 
 def _values(rows: dict[str, list[tuple[Any, ...]]]) -> IndexValues:

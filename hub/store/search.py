@@ -45,12 +45,11 @@ from sqlalchemy import (
     not_,
     or_,
     select,
-    tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.fhir.extract import normalize
-from hub.fhir.match import OriginsOf, Target, unrestricted
+from hub.fhir.match import OriginsOf, unrestricted
 from hub.fhir.outcome import bad_request
 from hub.fhir.query import (
     Clause,
@@ -63,7 +62,7 @@ from hub.fhir.query import (
     UriValue,
     Value,
 )
-from hub.store.index import DATE, REFERENCE, RESOURCES, STRING, TOKEN, URI, load_index_values
+from hub.store.index import DATE, REFERENCE, RESOURCES, STRING, TOKEN, URI
 from hub.store.tables import StoredResource
 
 # Types whose default order is newest first.
@@ -404,29 +403,6 @@ def decode_cursor(query: Query, cursor: str, size: int) -> tuple[list[Any], bool
 
 def _nothing(_rtype: str) -> frozenset[str]:
     return frozenset()
-
-
-async def load_chain_targets(
-    session: AsyncSession, domain: str, refs: set[tuple[str, str]]
-) -> dict[tuple[str, str], Target]:
-    """The current, non-deleted `(type, id)`s of `domain` as chain targets (values and origin).
-
-    For `hub.fhir.match.matches`, so that a chain in a Subscription's criteria is
-    narrowed to the targets its owner may read, as a search would be.
-    """
-    values = await load_index_values(session, domain, refs)
-    if not values:
-        return {}
-    connection = await session.connection()
-    found = await connection.execute(
-        select(RESOURCES.c.rtype, RESOURCES.c.id, RESOURCES.c.origin).where(
-            RESOURCES.c.domain == domain,
-            RESOURCES.c.deleted == false(),
-            tuple_(RESOURCES.c.rtype, RESOURCES.c.id).in_(sorted(values)),
-        )
-    )
-    origins = {(rtype, id_): origin for rtype, id_, origin in found.all()}
-    return {ref: Target(values[ref], origins[ref]) for ref in values if ref in origins}
 
 
 async def search(

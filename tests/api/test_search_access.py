@@ -19,11 +19,11 @@ import pytest
 
 from tests.api.common import QUIET_ENDPOINT, entries, expressions, ids, outcome
 from tests.support.hub import HubServer
+from tests.support.subscriptions import activity, task
 
 # One hub per backend for the module (`module_hub`): keep the module on one xdist worker.
 pytestmark = pytest.mark.xdist_group("test_search_access")
 
-KT = "http://koppeltaal.nl/fhir/StructureDefinition"
 RUN = "urn:test:run"
 STRICT = {"Prefer": "handling=strict"}
 
@@ -31,28 +31,6 @@ STRICT = {"Prefer": "handling=strict"}
 @pytest.fixture
 def tag() -> str:
     return uuid.uuid4().hex
-
-
-def activity(publisher_id: str) -> dict[str, Any]:
-    return {
-        "resourceType": "ActivityDefinition",
-        "status": "active",
-        "extension": [{"url": f"{KT}/KT2PublisherId", "valueId": publisher_id}],
-    }
-
-
-def task(activity_id: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Task",
-        "status": "ready",
-        "intent": "order",
-        "extension": [
-            {
-                "url": "http://vzvz.nl/fhir/StructureDefinition/instantiates",
-                "valueReference": {"reference": f"ActivityDefinition/{activity_id}"},
-            }
-        ],
-    }
 
 
 def criteria(query: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from tests.support.subscriptions import (
     DCM,
     LIFECYCLE,
     OBJECT_ROLE,
+    activity,
     correlation_ids,
     create,
     decoded_query,
@@ -29,6 +30,7 @@ from tests.support.subscriptions import (
     notifying_hub,
     search,
     subscribe,
+    task,
     transmit_events,
     update,
 )
@@ -223,30 +225,6 @@ async def test_nothing_crosses_domains(
 
 
 # --- Koppeltaal's typical criteria -------------------------------------------------------
-
-KT = "http://koppeltaal.nl/fhir/StructureDefinition"
-
-
-def activity(publisher_id: str) -> dict[str, Any]:
-    return {
-        "resourceType": "ActivityDefinition",
-        "status": "active",
-        "extension": [{"url": f"{KT}/KT2PublisherId", "valueId": publisher_id}],
-    }
-
-
-def task(activity_id: str, status: str = "ready") -> dict[str, Any]:
-    return {
-        "resourceType": "Task",
-        "status": status,
-        "intent": "order",
-        "extension": [
-            {
-                "url": "http://vzvz.nl/fhir/StructureDefinition/instantiates",
-                "valueReference": {"reference": f"ActivityDefinition/{activity_id}"},
-            }
-        ],
-    }
 
 
 async def test_koppeltaal_task_criteria_notify_exactly_the_matching_tasks(

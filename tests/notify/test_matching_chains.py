@@ -8,7 +8,6 @@ caller may read, so matching narrows it to those the owner may read.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from hub.access.apps import Snapshot, load_registry
 from hub.access.matrix import load_matrix
@@ -20,14 +19,14 @@ from tests.fhir.corpus import instantiates, publisher, resource, targets_of
 from tests.support.https_receiver import HttpsReceiver, LocalCA
 from tests.support.hub import MATRIX, AppKeys, write_apps_file
 from tests.support.subscriptions import (
+    activity,
     correlation_ids,
     create,
     drained,
     notifying_hub,
     subscribe,
+    task,
 )
-
-KT = "http://koppeltaal.nl/fhir/StructureDefinition"
 
 
 def snapshot(tmp_path: Path, keys: dict[str, AppKeys]) -> Snapshot:
@@ -83,28 +82,6 @@ def test_a_subscriber_s_chain_only_matches_targets_it_may_read(
     assert match("Task?instantiates.publisherId=pubA", "portal")
     assert not match("Task?instantiates.publisherId=pubA", "gone")
     assert not match("Task?instantiates.publisherId=pubB", "gone")
-
-
-def activity(publisher_id: str) -> dict[str, Any]:
-    return {
-        "resourceType": "ActivityDefinition",
-        "status": "active",
-        "extension": [{"url": f"{KT}/KT2PublisherId", "valueId": publisher_id}],
-    }
-
-
-def task(activity_id: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Task",
-        "status": "ready",
-        "intent": "order",
-        "extension": [
-            {
-                "url": "http://vzvz.nl/fhir/StructureDefinition/instantiates",
-                "valueReference": {"reference": f"ActivityDefinition/{activity_id}"},
-            }
-        ],
-    }
 
 
 async def test_a_chained_subscription_hears_nothing_of_targets_its_owner_may_not_read(

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from hub.fhir.extract import IndexValues, extract, instant
 from hub.store.db import Database
-from hub.store.index import INDEX_TABLES, clear_index, load_index_values, write_index
+from hub.store.index import INDEX_TABLES, clear_index, load_chain_targets, write_index
 from hub.store.tables import StoredResource
 from tests.fhir.corpus import PATIENTS, TASKS, Resource
 
@@ -21,6 +21,7 @@ async def insert(database: Database, r: Resource, *, domain: str = "demo") -> in
             version_id=1,
             last_updated=instant(r["meta"]["lastUpdated"]) or datetime.min,
             content=json.dumps(r),
+            origin=f"origin-of-{r['id']}",
         )
         session.add(row)
         await session.flush()
@@ -51,10 +52,12 @@ async def test_written_values_load_back_unchanged(database: Database) -> None:
         await insert(database, r)
     refs = [(r["resourceType"], r["id"]) for r in PATIENTS + TASKS]
     async with database.read() as session:
-        loaded = await load_index_values(session, "demo", [*refs, ("Patient", "missing")])
+        loaded = await load_chain_targets(session, "demo", [*refs, ("Patient", "missing")])
     assert set(loaded) == set(refs)
     for r in PATIENTS + TASKS:
-        assert as_sets(loaded[(r["resourceType"], r["id"])]) == as_sets(extract(r))
+        target = loaded[(r["resourceType"], r["id"])]
+        assert as_sets(target.values) == as_sets(extract(r))
+        assert target.origin == f"origin-of-{r['id']}"
 
 
 async def test_write_replaces_and_clear_removes(database: Database) -> None:
@@ -66,7 +69,8 @@ async def test_write_replaces_and_clear_removes(database: Database) -> None:
     async with database.write() as session:
         await write_index(session, pk, "demo", "Patient", extract(changed))
     async with database.read() as session:
-        loaded = (await load_index_values(session, "demo", [("Patient", "p1")]))[("Patient", "p1")]
+        [target] = (await load_chain_targets(session, "demo", [("Patient", "p1")])).values()
+    loaded = target.values
     assert ("gender", None, "female", None) in loaded.tokens
     assert ("gender", None, "male", None) not in loaded.tokens
     assert loaded.strings == ()
@@ -83,10 +87,10 @@ async def test_load_skips_deleted_resources_and_other_domains(database: Database
         assert row is not None
         row.deleted = True
     async with database.read() as session:
-        loaded = await load_index_values(session, "demo", [("Task", "t1"), ("Task", "t2")])
+        loaded = await load_chain_targets(session, "demo", [("Task", "t1"), ("Task", "t2")])
         assert loaded == {}
-        assert await load_index_values(session, "demo", []) == {}
-        other = await load_index_values(session, "other", [("Task", "t2")])
+        assert await load_chain_targets(session, "demo", []) == {}
+        other = await load_chain_targets(session, "other", [("Task", "t2")])
     assert set(other) == {("Task", "t2")}
 
 
@@ -96,5 +100,7 @@ async def test_a_resource_without_values_has_no_rows(database: Database) -> None
     )
     assert await row_counts(database, pk) == [0, 0, 0, 0, 0]
     async with database.read() as session:
-        loaded = await load_index_values(session, "demo", [("Device", "d1")])
-    assert loaded == {("Device", "d1"): IndexValues()}
+        loaded = await load_chain_targets(session, "demo", [("Device", "d1")])
+    assert {ref: target.values for ref, target in loaded.items()} == {
+        ("Device", "d1"): IndexValues()
+    }

@@ -176,3 +176,28 @@ async def drained(database_url: str, *, timeout: float = 15.0) -> None:
         return not await outbox(database_url)
 
     await eventually(empty, timeout=timeout, what="an empty outbox")
+
+
+# --- Koppeltaal's typical chain: Task → ActivityDefinition (instantiates.publisherId) ---
+
+
+def activity(publisher_id: str) -> dict[str, Any]:
+    return {
+        "resourceType": "ActivityDefinition",
+        "status": "active",
+        "extension": [{"url": f"{KT}/KT2PublisherId", "valueId": publisher_id}],
+    }
+
+
+def task(activity_id: str, status: str = "ready") -> dict[str, Any]:
+    return {
+        "resourceType": "Task",
+        "status": status,
+        "intent": "order",
+        "extension": [
+            {
+                "url": "http://vzvz.nl/fhir/StructureDefinition/instantiates",
+                "valueReference": {"reference": f"ActivityDefinition/{activity_id}"},
+            }
+        ],
+    }
