@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SOURCES := hub tests examples tools bench
 
-.PHONY: install run test lint format bench demo clean
+.PHONY: install lock run test lint format bench demo clean
 
 install: $(INSTALLED)
 
@@ -17,6 +17,13 @@ $(INSTALLED): requirements-dev.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
+# Re-pin both locks after a change to the dependencies in pyproject.toml. uv keeps every
+# version already in a lock (it upgrades nothing unless asked with --upgrade-package), so
+# only new or dropped packages change; the next `make install` then installs the result.
+lock: install
+	$(BIN)/uv pip compile --quiet pyproject.toml requirements-build.in --python-version 3.11 --generate-hashes -o requirements.lock
+	$(BIN)/uv pip compile --quiet pyproject.toml requirements-build.in --extra dev --python-version 3.11 --generate-hashes -o requirements-dev.lock
+
 run: install
 	$(BIN)/hub serve
 
@@ -27,6 +34,7 @@ lint: install
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy hub tests examples tools bench
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format $(SOURCES)

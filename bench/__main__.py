@@ -11,7 +11,13 @@ measures with concurrent keep-alive clients:
   Subscriptions, about ten matching each write (`bench.creates`);
 - commit-to-POST latency at a steady 100 writes/s, and the notifications/s of
   one write fanned out to 1,000 Subscriptions (`bench.notifications`);
-- how fast `hub audit verify` walks the resulting chain.
+- how fast `hub audit verify` walks the resulting chain;
+- write cost: Task creates/s and hub CPU per create with 0 Subscriptions, 10
+  matching ones with delivery held, and 1,000 that match nothing, on SQLite and
+  (with HUB_BENCH_DATABASE_URL) PostgreSQL, against a bare Starlette + SQLite
+  app, and with `--baseline-tree` against an older checkout (`bench.writes`).
+
+`--only writes` runs just the write-cost phase.
 
 Targets from the issue are shown as met or not; missing one is reported, not
 fatal. The run fails (exit 1) only if the audit chain does not verify or
@@ -29,7 +35,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from bench import creates, notifications
+from bench import writes
 from bench.hubs import (
     CLIENT,
     REPOSITORY,
@@ -43,15 +49,22 @@ from bench.hubs import (
 from bench.rates import MIN_AUDITED_READ_RATIO, compare_reads, other_rates
 from bench.receiver import Receiver
 from bench.report import Report, Row
-from bench.store import Store
 from bench.workload import SUBSCRIPTIONS_PER_TAG
 from hub.access.assertion import generate_app_keypair
+
+DEFAULT_JSON = REPOSITORY / "var" / "bench.json"
+WRITES_JSON = REPOSITORY / "var" / "bench-writes.json"
 
 # `--quick`: the same phases, shorter, for checking the benchmark itself.
 QUICK = {"rounds": 1, "seconds": 2.0, "warmup": 1.0, "latency_seconds": 3.0, "notifications": 10}
 
 
 async def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: they use the hub's storage in this process, and
+    # `--only writes` must run while that is mid-change (against another `--tree`).
+    from bench import creates, notifications
+    from bench.store import Store
+
     with tempfile.TemporaryDirectory(prefix="hub-bench-") as temporary:
         directory = Path(temporary)
         receiver = Receiver(directory, ports=args.endpoints)
@@ -64,7 +77,7 @@ async def run(args: argparse.Namespace) -> int:
                 f"Koppeltaal Hub benchmark: {backend}, one hub process, {args.clients} "
                 f"concurrent clients, {args.seconds:g} s per phase after {args.warmup:g} s "
                 f"warm-up ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})",
-                {key: value for key, value in vars(args).items() if key != "json"},
+                writes.options(args),
             )
             report.header()
             # Both hubs share the database; the unaudited one drops its read events.
@@ -100,6 +113,8 @@ async def run(args: argparse.Namespace) -> int:
                     met=code == 0,
                 )
             )
+        # Last, with every other hub stopped: its hubs have the machine to themselves.
+        complete = await writes.write_costs(args, report, directory / "writes")
         print(report.summary())
         report.write_json(args.json)
         print(f"JSON: {args.json}")
@@ -108,6 +123,9 @@ async def run(args: argparse.Namespace) -> int:
             return 1
         if ratio < MIN_AUDITED_READ_RATIO:
             print("bench: auditing costs more than half of read throughput", file=sys.stderr)
+            return 1
+        if not complete:
+            print("bench: some write-cost runs could not be measured", file=sys.stderr)
             return 1
     return 0
 
@@ -123,6 +141,10 @@ def _counts(text: str) -> list[int]:
             f"counts must be increasing multiples of {SUBSCRIPTIONS_PER_TAG}: {text!r}"
         )
     return counts
+
+
+def _tree(text: str) -> Path:
+    return writes.check_tree(Path(text))
 
 
 def _quick_options() -> str:
@@ -168,8 +190,30 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json",
         type=Path,
-        default=REPOSITORY / "var" / "bench.json",
-        help="where to write the results as JSON",
+        default=None,
+        help="where to write the results as JSON "
+        f"(default {DEFAULT_JSON.relative_to(REPOSITORY)}, "
+        f"with --only writes {WRITES_JSON.relative_to(REPOSITORY)})",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["writes"],
+        help="run one phase alone: writes = the write-cost phase (bench.writes)",
+    )
+    parser.add_argument(
+        "--tree",
+        type=_tree,
+        default=REPOSITORY,
+        metavar="PATH",
+        help="write-cost phase: the source tree whose hub is measured",
+    )
+    parser.add_argument(
+        "--baseline-tree",
+        type=_tree,
+        default=None,
+        metavar="PATH",
+        help="write-cost phase: also measure the hub of this checkout (e.g. of an older "
+        "commit, from `git worktree add`), alternating A B A with --tree's",
     )
     parser.add_argument(
         "--quick",
@@ -186,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         # As defaults, so an option given explicitly still wins.
         options.set_defaults(**QUICK)
         args = options.parse_args(argv)
+    if args.json is None:
+        args.json = WRITES_JSON if args.only == "writes" else DEFAULT_JSON
+    if args.only == "writes":
+        return asyncio.run(writes.run_only(args))
     return asyncio.run(run(args))
 
 

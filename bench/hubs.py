@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import yaml
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.engine import URL, make_url
 
 from hub.access.assertion import CLIENT_ASSERTION_TYPE, make_client_assertion
+from hub.store.db import postgres_connect_args
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DOMAIN = "bench"
@@ -54,54 +54,76 @@ def _free_port() -> int:
         return port
 
 
-async def start_hub(env: dict[str, str], *, audit: bool) -> Hub:
+def tree_env(tree: Path) -> dict[str, str]:
+    """What makes a process run `tree`'s `hub` and `bench` rather than this checkout's.
+
+    `python -m` puts the working directory first on `sys.path` and PYTHONPATH
+    next, both ahead of the virtualenv's editable install of this checkout (a
+    finder consulted only after the path), so with the working directory and
+    PYTHONPATH at `tree` both `bench.server` and the `hub` it imports are `tree`'s.
+    """
+    return {"PYTHONPATH": str(tree)} if tree != REPOSITORY else {}
+
+
+async def start_hub(env: dict[str, str], *, audit: bool, tree: Path = REPOSITORY) -> Hub:
+    """A `bench.server` process, ready; `tree` is the source tree it runs (another checkout)."""
+    flags = () if audit else ("--no-audit",)
+    return await start_server("bench.server", *flags, env={**env, **tree_env(tree)}, cwd=tree)
+
+
+async def start_server(module: str, *args: str, env: dict[str, str], cwd: Path) -> Hub:
+    """`python -m module --port P *args` on a free port, once its `/readyz` answers 200."""
     port = _free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bench.server",
+        module,
         "--port",
         str(port),
-        *(() if audit else ("--no-audit",)),
+        *args,
         env={**env, "HUB_PUBLIC_URL": f"http://127.0.0.1:{port}"},
-        cwd=REPOSITORY,
+        cwd=cwd,
     )
     hub = Hub(process, port)
     async with httpx.AsyncClient() as client:
         for _ in range(600):
             if process.returncode is not None:
-                raise SystemExit(f"bench: the hub exited with {process.returncode}")
+                raise SystemExit(f"bench: {module} exited with {process.returncode}")
             try:
                 if (await client.get(f"{hub.url}/readyz")).status_code == 200:
                     return hub
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.1)
-    raise SystemExit("bench: the hub did not become ready within a minute")
+    process.kill()
+    await process.wait()
+    raise SystemExit(f"bench: {module} did not become ready within a minute")
 
 
-async def stop_hub(hub: Hub) -> None:
+async def stop_hub(hub: Hub, *, grace: float = 30) -> None:
+    """Terminate the hub and wait `grace` seconds for it to finish, then kill it."""
     if hub.process.returncode is None:
         hub.process.terminate()
         try:
-            await asyncio.wait_for(hub.process.wait(), 30)
+            await asyncio.wait_for(hub.process.wait(), grace)
         except TimeoutError:
             hub.process.kill()
             await hub.process.wait()
 
 
-async def access_token(hub: Hub, private_pem: bytes) -> str:
+async def access_token(hub: Hub, private_pem: bytes, *, client: str = CLIENT) -> str:
+    """A token for `client`, whose key in the apps file has the kid `<client>-1`."""
     token_url = f"{hub.url}/{DOMAIN}/oauth2/token"
     assertion = make_client_assertion(
-        private_pem, client_id=CLIENT, token_url=token_url, kid=f"{CLIENT}-1"
+        private_pem, client_id=client, token_url=token_url, kid=f"{client}-1"
     )
     form = {
         "grant_type": "client_credentials",
         "client_assertion_type": CLIENT_ASSERTION_TYPE,
         "client_assertion": assertion,
     }
-    async with httpx.AsyncClient() as client:
-        response = await client.post(token_url, data=form)
+    async with httpx.AsyncClient() as http:
+        response = await http.post(token_url, data=form)
     response.raise_for_status()
     token: str = response.json()["access_token"]
     return token
@@ -123,21 +145,38 @@ def api_client(hub: Hub, token: str) -> httpx.AsyncClient:
 @asynccontextmanager
 async def bench_database(directory: Path) -> AsyncIterator[str]:
     """SQLite in `directory`, or a fresh database on HUB_BENCH_DATABASE_URL's server."""
-    server = os.environ.get("HUB_BENCH_DATABASE_URL")
+    async with fresh_database(directory, os.environ.get("HUB_BENCH_DATABASE_URL")) as url:
+        yield url
+
+
+@asynccontextmanager
+async def fresh_database(
+    directory: Path, server: str | None, *, name: str = "hub"
+) -> AsyncIterator[str]:
+    """An empty database: SQLite file `name`.db in `directory`, or one made on `server`.
+
+    On PostgreSQL the database is made for this use and dropped after it, so
+    nothing one hub wrote is seen by the next.
+    """
     if not server:
-        yield f"sqlite+aiosqlite:///{directory / 'hub.db'}"
+        yield f"sqlite+aiosqlite:///{directory / f'{name}.db'}"
         return
     url = make_url(server)
-    name = f"hub_bench_{secrets.token_hex(6)}"
-    admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    database = f"hub_bench_{secrets.token_hex(6)}"
+    await _admin(url, f'CREATE DATABASE "{database}"')
     try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-        yield url.set(database=name).render_as_string(hide_password=False)
+        yield url.set(database=database).render_as_string(hide_password=False)
     finally:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
+        await _admin(url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+async def _admin(server: URL, statement: str) -> None:
+    """One statement outside a transaction (CREATE/DROP DATABASE) on `server`'s database."""
+    connection = await asyncpg.connect(**postgres_connect_args(server))
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
 
 
 def hub_env(

@@ -68,6 +68,11 @@ class Result:
     failures: dict[int, int] = field(default_factory=dict)
     completed: int = 0  # every expected answer, warm-up included
     cpu_seconds: float | None = None  # the hub process's CPU time over the whole phase
+    # Expected answers that arrived inside the measured window (whenever they were sent),
+    # and the hub's CPU time over exactly that window: their quotient leaves out the
+    # warm-up, when first requests fill caches and a new hub is still settling.
+    window_completed: int = 0
+    window_cpu_seconds: float | None = None
 
     @property
     def cpu_per_request(self) -> float | None:
@@ -75,6 +80,13 @@ class Result:
         if self.cpu_seconds is None or not self.completed:
             return None
         return self.cpu_seconds / self.completed * 1000
+
+    @property
+    def window_cpu_per_request(self) -> float | None:
+        """Milliseconds of hub CPU per answer over the measured window only."""
+        if self.window_cpu_seconds is None or not self.window_completed:
+            return None
+        return self.window_cpu_seconds / self.window_completed * 1000
 
     @property
     def rate(self) -> float:
@@ -118,6 +130,7 @@ async def hammer(
                 status, _ = await connection.request(method, path, body)
                 finished = loop.time()
                 result.completed += status == expect
+                result.window_completed += status == expect and start <= finished <= end
                 if began < start or finished > end:
                     continue
                 if status == expect:
@@ -127,12 +140,30 @@ async def hammer(
         finally:
             await connection.close()
 
+    # The hub's CPU time when the measured window opens and closes, read on the loop's
+    # own clock, as the window is defined.
+    window: dict[str, float | None] = {}
+    timers = []
+    if pid is not None:
+        for name, at in (("start", start), ("end", end)):
+            timers.append(loop.call_at(at, _sample_cpu, window, name, pid))
     cpu_before = process_cpu_seconds(pid) if pid is not None else None
-    await asyncio.gather(*(worker(number) for number in range(clients)))
+    try:
+        await asyncio.gather(*(worker(number) for number in range(clients)))
+    finally:
+        for timer in timers:
+            timer.cancel()
     cpu_after = process_cpu_seconds(pid) if pid is not None else None
     if cpu_before is not None and cpu_after is not None:
         result.cpu_seconds = cpu_after - cpu_before
+    window_start, window_end = window.get("start"), window.get("end")
+    if window_start is not None and window_end is not None:
+        result.window_cpu_seconds = window_end - window_start
     return result
+
+
+def _sample_cpu(samples: dict[str, float | None], name: str, pid: int) -> None:
+    samples[name] = process_cpu_seconds(pid)
 
 
 def process_cpu_seconds(pid: int) -> float | None:

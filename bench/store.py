@@ -7,7 +7,7 @@ Two jobs need it:
   changes the index generation), so 10,000 would take an hour of setup. Instead
   a Subscription made through the API is the template, and copies of it with
   other criteria and endpoints are stored with the same functions a write uses
-  (`stamp`, `extract`, `resources.insert`) and the index generation is bumped,
+  (`resources.prepare`, `resources.insert_new`) and the index generation is bumped,
   so the hub loads them as it loads any Subscription. They get no AuditEvent of
   their own: no application made them.
 - Knowing when the hub has delivered everything it queued: the outbox is empty.
@@ -22,22 +22,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlmodel import col
-
 from bench.hubs import CLIENT, DOMAIN
-from hub.fhir import jsonio
-from hub.fhir.extract import extract
 from hub.fhir.outcome import FhirError
 from hub.fhir.query import parse_criteria
-from hub.fhir.stamp import stamp
-from hub.notify.registry import bump_generation
 from hub.rules.subscription import validate_subscription
 from hub.runtime import utcnow
-from hub.store import resources
+from hub.store import outbox, resources, subscriptions
 from hub.store.db import Database
-from hub.store.outbox import PENDING
-from hub.store.tables import OutboxRow
+from hub.store.sql import Work
 from hub.trace import new_id
 
 # Rows per transaction: short enough that the hub's own writes (its dispatcher)
@@ -57,32 +49,24 @@ class Store:
     ) -> None:
         """Store a copy of `template` for each `(criteria, endpoint)`, as the API would."""
         for start in range(0, len(specs), _BATCH):
-            async with self.database.write() as session:
-                now = utcnow()
-                for criteria, endpoint in specs[start : start + _BATCH]:
-                    resource = _copy(template, criteria, endpoint)
-                    id = new_id()
-                    stamped = stamp(resource, id=id, version_id=1, last_updated=now)
-                    await resources.insert(
-                        session,
-                        domain=DOMAIN,
-                        rtype="Subscription",
-                        id=id,
-                        content=jsonio.dumps(stamped),
-                        last_updated=now,
-                        origin=CLIENT,
-                        values=extract(stamped),
-                    )
-                await bump_generation(session, DOMAIN)
+            now = utcnow()
+            copies = [
+                resources.prepare(
+                    DOMAIN,
+                    _copy(template, criteria, endpoint),
+                    id=new_id(),
+                    version_id=1,
+                    now=now,
+                    origin=CLIENT,
+                    method="POST",
+                )
+                for criteria, endpoint in specs[start : start + _BATCH]
+            ]
+            await self.database.write(_store_copies(copies))
 
     async def backlog(self) -> int:
         """Notifications queued and not yet delivered (or given up on)."""
-        async with self.database.read() as session:
-            statement = (
-                select(func.count()).select_from(OutboxRow).where(col(OutboxRow.state) == PENDING)
-            )
-            count: int = (await session.execute(statement)).scalar_one()
-            return count
+        return await self.database.read(outbox.pending_count())
 
     async def drained(self, within: float) -> float | None:
         """Seconds until the outbox is empty; None if it is not within `within` seconds."""
@@ -92,6 +76,12 @@ class Store:
                 return None
             await asyncio.sleep(0.1)
         return time.perf_counter() - started
+
+
+def _store_copies(copies: Sequence[resources.NewVersion]) -> Work[None]:
+    """One transaction: the copies, and a new generation so every hub reloads its index."""
+    yield from resources.insert_new(copies)
+    yield from subscriptions.bump_generation(DOMAIN)
 
 
 def _copy(template: dict[str, Any], criteria: str, endpoint: str) -> dict[str, Any]:

@@ -42,11 +42,11 @@ from hub.interactions.devices import ensure_devices
 from hub.net import OutboundClient
 from hub.notify.delivery import Deliverer
 from hub.notify.dispatcher import Dispatcher
-from hub.notify.listener import OutboxListener
 from hub.notify.registry import SubscriptionIndex
 from hub.runtime import Runtime
 from hub.settings import Settings, SettingsError
 from hub.store.db import Database
+from hub.store.listen import OutboxListener
 from hub.store.migrate import current_revision, head_revision, upgrade
 
 log = logging.getLogger("hub")
@@ -109,7 +109,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     dispatcher = Dispatcher(runtime, Deliverer(runtime, outbound, owner=owner))
     runtime.wake_dispatcher = dispatcher.wake
     listener = (
-        OutboxListener(settings.database_url, dispatcher.wake) if database.is_postgres else None
+        OutboxListener(database, dispatcher.wake) if database.is_postgres else None
     )
     jobs = scheduler(runtime)
     app.state.runtime = runtime

@@ -133,13 +133,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from hub.audit.verify import (
-        MissingChainKey,
-        chain_head,
-        check_anchor,
-        read_key,
-        verify_domain,
-    )
+    from hub.audit.verify import MissingChainKey, check_anchor, read_key, verify_domain
     from hub.store.db import Database
 
     settings = settings_module.from_env()
@@ -161,12 +155,14 @@ def _audit_verify(args: argparse.Namespace) -> int:
         anchor = (int(seq), digest)
 
     async def run() -> tuple[list[str], tuple[int, str]]:
-        database = Database(settings.database_url)
+        database = Database(settings.database_url, pool_size=1)
         try:
-            problems = await verify_domain(database, args.domain, key)
+            verdict = await verify_domain(database, args.domain, key)
+            problems = list(verdict.problems)
             if anchor is not None:
                 problems += await check_anchor(database, args.domain, *anchor)
-            return problems, await chain_head(database, args.domain)
+            # The head the walk verified, not a newer one: events appended since are unchecked.
+            return problems, verdict.head
         finally:
             await database.dispose()
 

@@ -15,8 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import select
-from sqlmodel import col
 
 from hub.access import ConfigError
 from hub.fhir import jsonio
@@ -25,7 +23,7 @@ from hub.interactions.devices import ensure_devices
 from hub.notify.status import set_status
 from hub.runtime import Runtime, utcnow
 from hub.store.assertions import purge_expired
-from hub.store.tables import StoredResource
+from hub.store.ending import subscriptions_with_end
 
 log = logging.getLogger("hub.housekeeping")
 
@@ -47,8 +45,7 @@ async def refresh_keys(runtime: Runtime) -> None:
 
 
 async def forget_used_assertions(runtime: Runtime) -> None:
-    async with runtime.database.write() as session:
-        removed = await purge_expired(session, utcnow())
+    removed = await runtime.database.write(purge_expired(utcnow()))
     if removed:
         log.debug("forgot %d expired client-assertion ids", removed)
 
@@ -62,28 +59,16 @@ def _has_ended(subscription: Mapping[str, Any], now: datetime) -> bool:
 async def end_subscriptions(runtime: Runtime) -> int:
     """Turn off the Subscriptions whose `end` has passed; returns how many."""
     now = utcnow()
-    async with runtime.database.read() as session:
-        rows = (
-            await session.execute(
-                select(
-                    col(StoredResource.domain), col(StoredResource.id), col(StoredResource.content)
-                ).where(
-                    col(StoredResource.rtype) == "Subscription",
-                    col(StoredResource.deleted) == False,  # noqa: E712
-                    col(StoredResource.content).contains('"end"'),
-                )
-            )
-        ).all()
+    rows = await runtime.database.read(subscriptions_with_end())
     ended = 0
     for domain, id, content in rows:
         resource = jsonio.loads(content)
         if resource.get("status") == "off" or not _has_ended(resource, now):
             continue
-        async with runtime.database.write() as session:
-            # Checked again on the locked row: it may have changed meanwhile.
-            changed = await set_status(
-                session, domain, id, "off", None, now, applies=lambda s: _has_ended(s, now)
-            )
+        # Checked again on the locked row: it may have changed meanwhile.
+        changed = await runtime.database.write(
+            set_status(domain, id, "off", None, now, applies=lambda s: _has_ended(s, now))
+        )
         ended += changed
     return ended
 

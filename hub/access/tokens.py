@@ -6,15 +6,24 @@ claims `iss` (the hub), `aud` (the FHIR base of ONE domain), `azp` (the client_i
 credentials act for no user). Verification pins `alg` to the hub's own, `iss` to
 the hub and `aud` to the domain being called: a token of domain A is refused on B.
 
+Verifying an RS512 signature costs far more than the rest of a request's
+authentication, and a client sends the same token with every request for its
+lifetime. `VerifiedTokens` remembers the verified claims of recent tokens so a
+known token skips the signature check; what a token may do is still decided per
+request from the current matrix and apps (see `hub.access.policy`), never cached.
+
 `exchange` turns a token request form (RFC 6749 §4.4 with an RFC 7523 assertion)
 into the §5.1 response, or raises `OAuthError` for the §5.2 error response.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +32,7 @@ from typing import Any
 from joserfc import jws
 from joserfc import jwt as jose_jwt
 from joserfc.errors import BadSignatureError, JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import Key, KeySet
 
 from hub.access.apps import Domain
 from hub.access.assertion import (
@@ -40,6 +49,7 @@ __all__ = [
     "AccessToken",
     "InvalidToken",
     "OAuthError",
+    "VerifiedTokens",
     "exchange",
     "issue_access_token",
     "token_response",
@@ -106,8 +116,33 @@ def verify_access_token(
     issuer: str,
     audience: str,
     now: datetime,
+    cache: VerifiedTokens | None = None,
 ) -> AccessToken:
-    """The verified token; `InvalidToken` for anything the hub did not issue for `audience`."""
+    """The verified token; `InvalidToken` for anything the hub did not issue for `audience`.
+
+    With a `cache`, a token verified before with the same key, algorithm, issuer
+    and audience is taken from it while unexpired, without checking its
+    signature again; any other outcome is the same as without one.
+    """
+    now = _utc(now)
+    slot = None if cache is None else cache.slot(token, algorithm, issuer, audience)
+    if cache is not None and slot is not None:
+        known = cache.get(slot, keys=keys, now=now)
+        if known is not None:
+            return known
+    claims, key = _verified_claims(token, keys=keys, algorithm=algorithm)
+    access = _check_claims(claims, issuer=issuer, audience=audience, now=now)
+    if cache is not None and slot is not None:
+        cache.put(slot, access, exp=float(claims["exp"]), key=key)
+    return access
+
+
+def _key_for(keys: KeySet, kid: object) -> Key | None:
+    return next((k for k in keys if k.kid == kid), None) if isinstance(kid, str) else None
+
+
+def _verified_claims(token: str, *, keys: KeySet, algorithm: str) -> tuple[dict[str, Any], Key]:
+    """The payload of a token whose header and signature check out, and the key that signed it."""
     try:
         unverified = jws.extract_compact(token.encode("ascii"))
         header = unverified.headers()
@@ -116,7 +151,7 @@ def verify_access_token(
     if header.get("alg") != algorithm:
         raise InvalidToken(f"alg {header.get('alg')!r} is not the hub's {algorithm}")
     kid = header.get("kid")
-    key = next((k for k in keys if k.kid == kid), None) if isinstance(kid, str) else None
+    key = _key_for(keys, kid)
     if key is None:
         raise UnknownKeyId(f"unknown kid {kid!r}")
     try:
@@ -128,7 +163,7 @@ def verify_access_token(
         raise InvalidToken(f"not verifiable: {exc}") from exc
     if not isinstance(claims, dict):
         raise InvalidToken("payload is not a JSON object")
-    return _check_claims(claims, issuer=issuer, audience=audience, now=_utc(now))
+    return claims, key
 
 
 def _check_claims(
@@ -152,6 +187,92 @@ def _check_claims(
     except ScopeError as exc:
         raise InvalidToken(f"unreadable scope: {exc}") from exc
     return AccessToken(client_id, scopes, datetime.fromtimestamp(exp, UTC), jti)
+
+
+# --- the verified-token cache --------------------------------------------------------------
+
+# What a verification depends on besides the keys: the token's SHA-256 (so the cache
+# holds no bearer token), the algorithm, the issuer and the audience (the domain).
+_Slot = tuple[bytes, str, str, str]
+
+
+@dataclass(frozen=True, eq=False)
+class _Verified:
+    access: AccessToken
+    exp: float  # the raw NumericDate, compared exactly as `_check_claims` does
+    kid: str
+    key: Key  # the very key object whose signature check passed
+
+
+class VerifiedTokens:
+    """A bounded, least-recently-used cache of verified access tokens (claims only).
+
+    An entry says: this token's signature was checked with key object K and its
+    claims were valid for this algorithm, issuer and audience. It is used only
+    while that still holds without a signature check:
+
+    - `exp` is compared with `now` on every hit, so an entry never outlives its
+      token; an expired entry is dropped and the token verified (and refused) anew;
+    - the audience, issuer and algorithm are part of the lookup key, so a token of
+      domain A verified on A is a miss, and then refused, on domain B;
+    - the header's `kid` must still name the same key object in the current
+      `KeySet`. A key that was pruned, or a KeySet rebuilt because the keys on disk
+      changed, makes every entry a miss: the token is verified as if never seen,
+      so a removed key's tokens are refused exactly as before.
+
+    Only the token's claims are kept: whether the client may still do something is
+    decided per request from the current configuration, so a revoked right or an
+    unregistered app takes effect at the next request, cached token or not.
+    Invalid tokens are never cached. Safe to share between threads.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        if max_entries < 1:
+            raise ValueError("a token cache holds at least one entry")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[_Slot, _Verified] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def slot(token: str, algorithm: str, issuer: str, audience: str) -> _Slot | None:
+        """The lookup key of a token verified for this audience; None for a non-ASCII token.
+
+        A token that is not ASCII is malformed: it is never cached and is refused by
+        verification as before.
+        """
+        try:
+            digest = hashlib.sha256(token.encode("ascii")).digest()
+        except UnicodeError:
+            return None
+        return (digest, algorithm, issuer, audience)
+
+    def get(self, slot: _Slot, *, keys: KeySet, now: datetime) -> AccessToken | None:
+        """The cached claims while the token is unexpired and its verifying key still current."""
+        with self._lock:
+            entry = self._entries.get(slot)
+            if entry is None:
+                return None
+            if entry.exp <= now.timestamp() or _key_for(keys, entry.kid) is not entry.key:
+                del self._entries[slot]
+                return None
+            self._entries.move_to_end(slot)
+            return entry.access
+
+    def put(self, slot: _Slot, access: AccessToken, *, exp: float, key: Key) -> None:
+        """Remember a token that just verified; the least recently used entry makes room."""
+        entry = _Verified(access, exp, str(key.kid), key)
+        with self._lock:
+            self._entries[slot] = entry
+            self._entries.move_to_end(slot)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 # --- the token endpoint --------------------------------------------------------------------

@@ -27,7 +27,7 @@ from hub.fhir.capability import capability_statement
 from hub.fhir.model import is_supported
 from hub.fhir.outcome import FhirError, information, not_found
 from hub.interactions import reads, writes
-from hub.interactions.effects import APPEND_ONLY
+from hub.interactions.effects import rules_for
 from hub.interactions.exchange import Exchange, Prefer
 from hub.runtime import Runtime
 
@@ -275,7 +275,7 @@ async def _read(exchange: Exchange, rtype: str, id: str) -> Response:
 
 
 async def _update(request: Request, exchange: Exchange, rtype: str, id: str) -> Response:
-    if rtype in APPEND_ONLY:
+    if rules_for(rtype).append_only:
         raise writes.append_only(rtype)
     body = await read_body(request, exchange.runtime.settings.max_body_bytes)
     return _written(

@@ -80,8 +80,7 @@ async def token(request: Request) -> Response:
     snapshot = runtime.access.snapshot
 
     async def remember(client_id: str, jti: str, expires_at: datetime) -> bool:
-        async with runtime.database.write() as session:
-            return await remember_jti(session, domain, client_id, jti, expires_at)
+        return await runtime.database.write(remember_jti(domain, client_id, jti, expires_at))
 
     # Sign with the newest key, even if another process rotated it a moment ago.
     runtime.keys.refresh()

@@ -8,8 +8,8 @@ committed, and gets the exception if storing failed (the request then fails
 with 500: no unaudited access).
 
 Each event is serialised and indexed in its caller's task (`prepare`), so a
-flush holds the write connection only for the statements, and the waiters are
-released the moment the transaction commits.
+flush holds the writer only for the statements. A batch is one unit of work:
+on SQLite it joins the database's group commit with the writes of the moment.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from hub.audit.store import Prepared, prepare, store_prepared
+from hub.audit.store import prepare
+from hub.store.audit import append_events
 from hub.store.db import Database
+from hub.store.resources import NewVersion
 
 log = logging.getLogger("hub.audit")
 
@@ -33,7 +33,7 @@ MAX_BATCH = 200
 
 @dataclass
 class _Pending:
-    event: Prepared
+    event: NewVersion
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -68,13 +68,10 @@ class AuditWriter:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
-                async with AsyncSession(self._database.write_engine) as session:
-                    async with session.begin():
-                        await store_prepared(
-                            session, [pending.event for pending in batch], chain_key=self._chain_key
-                        )
-                    # Committed: release the waiters before the connection is handed back.
-                    _settle(batch, None)
+                await self._database.write(
+                    append_events([pending.event for pending in batch], self._chain_key)
+                )
+                _settle(batch, None)
             except Exception as exc:
                 log.exception("storing %d AuditEvent(s) failed", len(batch))
                 _settle(batch, exc)

@@ -10,19 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col
-
 from hub.access.apps import Registry
-from hub.fhir import jsonio
-from hub.fhir.extract import extract
 from hub.fhir.origin import with_origin
-from hub.fhir.stamp import stamp
 from hub.runtime import HUB_DEVICE, utcnow
 from hub.store import resources
 from hub.store.db import Database
-from hub.store.tables import StoredResource
+from hub.store.sql import Conflict, Work
 
 log = logging.getLogger("hub.devices")
 
@@ -54,43 +47,31 @@ async def ensure_devices(database: Database, registry: Registry) -> int:
     for domain in registry.domains:
         for _attempt in range(2):  # a second process may create the same ones at once
             try:
-                created += await _ensure_domain(database, registry, domain)
+                created += await database.write(_ensure_domain(registry, domain))
                 break
-            except IntegrityError:
+            except Conflict:
                 log.info("Devices of %s were created concurrently; checking again", domain)
     return created
 
 
-async def _ensure_domain(database: Database, registry: Registry, domain: str) -> int:
+def _ensure_domain(registry: Registry, domain: str) -> Work[int]:
     wanted = wanted_devices(registry, domain)
-    async with database.write() as session:
-        existing = set(
-            (
-                await session.execute(
-                    select(col(StoredResource.id)).where(
-                        col(StoredResource.domain) == domain,
-                        col(StoredResource.rtype) == "Device",
-                        col(StoredResource.id).in_(wanted),
-                    )
-                )
-            ).scalars()
+    existing = yield from resources.existing_ids(domain, "Device", wanted)
+    now = utcnow()
+    missing = [
+        resources.prepare(
+            domain,
+            device_resource(device_id, name),
+            id=device_id,
+            version_id=1,
+            now=now,
+            origin=HUB_DEVICE,
+            method="POST",
         )
-        now = utcnow()
-        for device_id, name in wanted.items():
-            if device_id in existing:
-                continue
-            resource = stamp(
-                device_resource(device_id, name), id=device_id, version_id=1, last_updated=now
-            )
-            await resources.insert(
-                session,
-                domain=domain,
-                rtype="Device",
-                id=device_id,
-                content=jsonio.dumps(resource),
-                last_updated=now,
-                origin=HUB_DEVICE,
-                values=extract(resource),
-            )
-            log.info("created Device/%s in %s", device_id, domain)
-    return len(wanted) - len(existing)
+        for device_id, name in wanted.items()
+        if device_id not in existing
+    ]
+    yield from resources.insert_new(missing)
+    for device in missing:
+        log.info("created Device/%s in %s", device.id, domain)
+    return len(missing)

@@ -1,23 +1,25 @@
-"""What a write means beyond storing it, per resource type.
+"""What a write means beyond storing it: one table of rules per resource type.
 
-`before_write` enforces the business rules of a type before any transaction
-opens (they may resolve DNS). `after_write` runs inside the write's
-transaction: it keeps the subscription index generation, queues patient
-e-mails, and matches the write against live Subscriptions into the outbox.
+`TYPE_RULES` says, for each type that has any, what its writes check and do:
+rules checked before the R4 structure (one 422 names everything missing),
+rules checked with the structure (one 400 lists every problem), business rules
+that may resolve DNS (before any transaction), whether it is append-only or
+protected from deletion, and what its writes and deletes do inside their unit
+of work (the subscription generation, patient e-mails, chaining a posted
+AuditEvent). Every write is then matched against live Subscriptions into the
+outbox, in the same unit of work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.access.apps import Snapshot
 from hub.access.policy import subscriber_may_read, subscriber_origins
 from hub.fhir import jsonio
-from hub.fhir.extract import IndexValues
 from hub.fhir.match import OriginsOf, chain_targets, matches
 from hub.fhir.model import Rules
 from hub.fhir.outcome import FhirError, forbidden, unprocessable
@@ -27,61 +29,73 @@ from hub.interactions.exchange import Exchange
 from hub.interactions.reads import refuse_unreadable_chains
 from hub.net import UnsafeDestination, check_url
 from hub.notify.mail import NoticeKind, decide_patient_notice
-from hub.notify.registry import bump_generation
 from hub.rules.audit_event import check_kt2_essentials
 from hub.rules.bsn import BSN_SYSTEM
-from hub.rules.notification import (
-    email_of,
-    patient_bsn,
-    patient_email,
-    validate_communication,
-)
+from hub.rules.notification import email_of, patient_bsn, patient_email, validate_communication
 from hub.rules.subscription import normalise_status, validate_subscription
+from hub.store import outbox
+from hub.store.audit import append_links
 from hub.store.index import load_chain_targets
-from hub.store.outbox import email_row, enqueue_webhook
+from hub.store.resources import NewVersion, StoredRow
 from hub.store.search import search
-
-# AuditEvents are never updated or deleted (Koppeltaal), by anyone.
-APPEND_ONLY = frozenset({"AuditEvent"})
-
-# Types whose own rules answer 400, as a broken R4 structure does: they are checked with
-# the structure (`hub.fhir.model.validate`), so one OperationOutcome lists every problem
-# of both. A Communication is a Spreekuur.nl notification, whose contract asks for that.
-STRUCTURAL_RULES: Mapping[str, Rules] = {"Communication": validate_communication}
+from hub.store.sql import Work, returning
+from hub.store.subscriptions import bump_generation
 
 
-async def before_write(
-    exchange: Exchange, resource: dict[str, Any], *, previous: Mapping[str, Any] | None
+@dataclass(frozen=True)
+class Change:
+    """A stored version, as the effects of its write see it."""
+
+    exchange: Exchange
+    version: NewVersion
+    row: StoredRow
+    trigger: outbox.Trigger
+
+
+# Business rules: may resolve DNS, so they run before any transaction opens.
+BeforeWrite = Callable[
+    [Exchange, dict[str, Any], Mapping[str, Any] | None], Awaitable[dict[str, Any]]
+]
+# Inside the write's unit of work; True when deliveries were queued.
+AfterWrite = Callable[[Change], Work[bool]]
+AfterDelete = Callable[[Exchange], Work[None]]
+
+
+def _nothing_queued(_written: Change) -> Work[bool]:
+    return returning(False)
+
+
+def _nothing_to_do(_exchange: Exchange) -> Work[None]:
+    return returning(None)
+
+
+async def _unchanged(
+    _exchange: Exchange, resource: dict[str, Any], _previous: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """Check the type's business rules; returns the resource as it will be stored."""
-    rtype = resource["resourceType"]
-    if rtype == "Subscription":
-        return await _subscription_rules(exchange, resource, previous)
     return resource
 
 
-def check_deletable(exchange: Exchange, rtype: str, id: str) -> None:
-    """The hub's and the registered apps' Devices stay: resource-origin names them.
-
-    They are made from the apps file at start-up; deleting one through the API would
-    orphan every resource its app wrote. FHIR answers 409 for such a refusal.
-    """
-    if rtype == "Device" and id in wanted_devices(
-        exchange.runtime.access.registry, exchange.domain
-    ):
-        raise FhirError.single(
-            409,
-            "conflict",
-            f"Device/{id} is registered in the apps file; remove the application there instead",
-        )
+def _deletable(_exchange: Exchange, _id: str) -> None:
+    return None
 
 
-def check_essentials(rtype: str, resource: Mapping[str, Any]) -> None:
-    """Rules checked before the R4 structure, so one 422 names everything missing."""
-    if rtype == "AuditEvent":
-        issues = check_kt2_essentials(resource)
-        if issues:
-            raise FhirError(422, issues)
+@dataclass(frozen=True)
+class TypeRules:
+    """Everything a resource type's writes do beyond storing and notifying."""
+
+    # Koppeltaal: AuditEvents are never updated or deleted, by anyone.
+    append_only: bool = False
+    # Checked before the R4 structure, so one 422 names everything missing.
+    essentials: Callable[[Mapping[str, Any]], list[Any]] | None = None
+    # Checked with the structure (`hub.fhir.model.validate`): one 400 lists both.
+    structural: Rules | None = None
+    before_write: BeforeWrite = _unchanged
+    check_deletable: Callable[[Exchange, str], None] = _deletable
+    after_write: AfterWrite = _nothing_queued
+    after_delete: AfterDelete = _nothing_to_do
+
+
+# --- Subscription ----------------------------------------------------------------------
 
 
 async def _subscription_rules(
@@ -109,90 +123,26 @@ async def _subscription_rules(
     return normalise_status(resource, current=previous)
 
 
-async def after_write(
-    session: AsyncSession,
-    exchange: Exchange,
-    resource: dict[str, Any],
-    values: IndexValues,
-    origin: str | None,
-    now: datetime,
-) -> bool:
-    """Side effects in the write's transaction; True when deliveries were queued."""
-    rtype = resource["resourceType"]
-    queued = False
-    if rtype == "Subscription":
-        await bump_generation(session, exchange.domain)
-    elif rtype == "Communication" and resource["meta"]["versionId"] == "1":
-        queued = await _queue_patient_notice(session, exchange, resource, now)
-    return await _queue_notifications(session, exchange, resource, values, origin, now) or queued
+def _subscription_changed(written: Change) -> Work[bool]:
+    """Every process's subscription index sees the change at its next write."""
+    yield from bump_generation(written.exchange.domain)
+    return False
 
 
-async def after_delete(session: AsyncSession, exchange: Exchange, rtype: str) -> None:
-    """No notification on delete (Koppeltaal); a deleted Subscription leaves the index."""
-    if rtype == "Subscription":
-        await bump_generation(session, exchange.domain)
+def _subscription_deleted(exchange: Exchange) -> Work[None]:
+    """A deleted Subscription leaves the index."""
+    yield from bump_generation(exchange.domain)
 
 
-async def _queue_notifications(
-    session: AsyncSession,
-    exchange: Exchange,
-    resource: dict[str, Any],
-    values: IndexValues,
-    origin: str | None,
-    now: datetime,
-) -> bool:
-    runtime = exchange.runtime
-    await runtime.subscriptions.ensure_current(session, exchange.domain)
-    rtype = resource["resourceType"]
-    candidates = runtime.subscriptions.candidates(exchange.domain, rtype, values, now)
-    if not candidates:
-        return False
-    needed: set[tuple[str, str]] = set()
-    for subscription in candidates:
-        needed |= chain_targets(subscription.query, values)
-    targets = await load_chain_targets(session, exchange.domain, needed) if needed else {}
-    snapshot = runtime.access.snapshot
-    caller = exchange.authorised().caller
-    queued = False
-    for subscription in candidates:
-        if subscription.owner is None or not matches(
-            subscription.query,
-            resource,
-            values,
-            resolve=lambda t, i: targets.get((t, i)),
-            # A chain only looks into what the subscriber may read, as its search would.
-            readable=_readable_by(snapshot, exchange.domain, subscription.owner),
-        ):
-            continue
-        # Fail closed: a subscriber never hears of what it may not read.
-        if not subscriber_may_read(snapshot, exchange.domain, subscription.owner, rtype, origin):
-            continue
-        await enqueue_webhook(
-            session,
-            domain=exchange.domain,
-            subscription_id=subscription.id,
-            resource_type=rtype,
-            resource_id=resource["id"],
-            version_id=int(resource["meta"]["versionId"]),
-            source_device=caller.client_id,
-            request_id=exchange.trace.request_id,
-            trace_id=exchange.trace.trace_id,
-            now=now,
-        )
-        queued = True
-    return queued
+# --- Communication (a Spreekuur.nl patient notification) ---------------------------------
 
 
-def _readable_by(snapshot: Snapshot, domain: str, subscriber: str) -> OriginsOf:
-    return lambda rtype: subscriber_origins(snapshot, domain, subscriber, rtype)
-
-
-async def _registered_email(session: AsyncSession, domain: str, bsn: str | None) -> str | None:
+def _registered_email(domain: str, bsn: str | None) -> Work[str | None]:
     """The e-mail of the domain's Patient with this BSN: a patient registered with the portal."""
     if bsn is None:
         return None
     query = parse_search("Patient", [("identifier", f"{BSN_SYSTEM}|{bsn}")])
-    page = await search(session, domain=domain, query=query, allowed_origins=None, page_size=10)
+    page = yield from search(domain=domain, query=query, allowed_origins=None, page_size=10)
     for row in page.rows:
         email = email_of(jsonio.loads(row.content))
         if email is not None:
@@ -200,14 +150,16 @@ async def _registered_email(session: AsyncSession, domain: str, bsn: str | None)
     return None
 
 
-async def _queue_patient_notice(
-    session: AsyncSession, exchange: Exchange, communication: dict[str, Any], now: datetime
-) -> bool:
+def _queue_patient_notice(written: Change) -> Work[bool]:
     """Queue the patient's e-mail (notice or invitation) and note the decision for the audit."""
+    if written.version.version_id != 1:
+        return False
+    exchange = written.exchange
+    communication = written.version.resource
     settings = exchange.runtime.settings
     notice = decide_patient_notice(
-        registered_email=await _registered_email(
-            session, exchange.domain, patient_bsn(communication)
+        registered_email=(
+            yield from _registered_email(exchange.domain, patient_bsn(communication))
         ),
         contained_email=patient_email(communication),
     )
@@ -217,19 +169,118 @@ async def _queue_patient_notice(
         decision = "none (the patient is not registered and no e-mail address was given)"
     else:
         decision = notice.kind.value
-        session.add(
-            email_row(
-                domain=exchange.domain,
-                resource_type="Communication",
-                resource_id=communication["id"],
-                version_id=1,
-                source_device=exchange.authorised().caller.client_id,
-                request_id=exchange.trace.request_id,
-                trace_id=exchange.trace.trace_id,
-                recipient=notice.address,
-                kind=notice.kind.value,
-                now=now,
-            )
+        yield from outbox.enqueue_email(
+            written.trigger, recipient=notice.address, kind=notice.kind.value
         )
     exchange.details.append(("patient-notice", decision))
     return settings.smtp_url is not None and notice.kind is not NoticeKind.NONE
+
+
+# --- AuditEvent and Device -------------------------------------------------------------
+
+
+def _audit_essentials(resource: Mapping[str, Any]) -> list[Any]:
+    return list(check_kt2_essentials(resource))
+
+
+def _chain_posted(written: Change) -> Work[bool]:
+    """An application's own AuditEvent joins the domain's chain too."""
+    yield from append_links(
+        written.row.domain,
+        [(written.row.pk, written.row.content)],
+        written.exchange.runtime.chain_key,
+    )
+    return False
+
+
+def _registered_device(exchange: Exchange, id: str) -> None:
+    """The hub's and the registered apps' Devices stay: resource-origin names them.
+
+    They are made from the apps file at start-up; deleting one through the API would
+    orphan every resource its app wrote. FHIR answers 409 for such a refusal.
+    """
+    if id in wanted_devices(exchange.runtime.access.registry, exchange.domain):
+        raise FhirError.single(
+            409,
+            "conflict",
+            f"Device/{id} is registered in the apps file; remove the application there instead",
+        )
+
+
+TYPE_RULES: Mapping[str, TypeRules] = {
+    "AuditEvent": TypeRules(
+        append_only=True, essentials=_audit_essentials, after_write=_chain_posted
+    ),
+    "Communication": TypeRules(
+        structural=validate_communication, after_write=_queue_patient_notice
+    ),
+    "Device": TypeRules(check_deletable=_registered_device),
+    "Subscription": TypeRules(
+        before_write=_subscription_rules,
+        after_write=_subscription_changed,
+        after_delete=_subscription_deleted,
+    ),
+}
+_DEFAULT = TypeRules()
+
+
+def rules_for(rtype: str) -> TypeRules:
+    return TYPE_RULES.get(rtype, _DEFAULT)
+
+
+def check_essentials(rtype: str, resource: Mapping[str, Any]) -> None:
+    essentials = rules_for(rtype).essentials
+    if essentials is not None and (issues := essentials(resource)):
+        raise FhirError(422, issues)
+
+
+# --- every write: notifications --------------------------------------------------------
+
+
+def after_write(written: Change) -> Work[bool]:
+    """The type's effects, then subscription matching; True when deliveries were queued."""
+    queued = yield from rules_for(written.version.rtype).after_write(written)
+    notified = yield from _queue_notifications(written)
+    return queued or notified
+
+
+def _queue_notifications(written: Change) -> Work[bool]:
+    exchange, version = written.exchange, written.version
+    runtime = exchange.runtime
+    yield from runtime.subscriptions.ensure_current(exchange.domain)
+    rtype = version.rtype
+    candidates = runtime.subscriptions.candidates(
+        exchange.domain, rtype, version.values, version.last_updated
+    )
+    if not candidates:
+        return False
+    needed: set[tuple[str, str]] = set()
+    for subscription in candidates:
+        needed |= chain_targets(subscription.query, version.values)
+    targets = (yield from load_chain_targets(exchange.domain, needed)) if needed else {}
+    snapshot = runtime.access.snapshot
+    matched = [
+        subscription.id
+        for subscription in candidates
+        if subscription.owner is not None
+        and matches(
+            subscription.query,
+            version.resource,
+            version.values,
+            resolve=lambda t, i: targets.get((t, i)),
+            # A chain only looks into what the subscriber may read, as its search would.
+            readable=_readable_by(snapshot, exchange.domain, subscription.owner),
+        )
+        # Fail closed: a subscriber never hears of what it may not read.
+        and subscriber_may_read(
+            snapshot, exchange.domain, subscription.owner, rtype, version.origin
+        )
+    ]
+    if not matched:
+        return False
+    yield from outbox.enqueue_webhooks(written.trigger, matched)
+    return True
+
+
+def _readable_by(snapshot: Snapshot, domain: str, subscriber: str) -> OriginsOf:
+    return lambda rtype: subscriber_origins(snapshot, domain, subscriber, rtype)

@@ -22,8 +22,8 @@ from hub.fhir.outcome import FhirError, Issue, bad_request, forbidden, not_found
 from hub.fhir.query import Query, parse_search
 from hub.interactions.exchange import Exchange
 from hub.store import resources
+from hub.store.resources import StoredRow
 from hub.store.search import search as run_search
-from hub.store.tables import StoredResource
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,10 @@ def _version_entity(rtype: str, id: str, version_id: int) -> Entity:
     return Entity(what=f"{rtype}/{id}/_history/{version_id}")
 
 
-async def _readable_current(exchange: Exchange, rtype: str, id: str) -> StoredResource:
+async def _readable_current(exchange: Exchange, rtype: str, id: str) -> StoredRow:
     access = exchange.authorised()
     exchange.entities = [Entity(what=f"{rtype}/{id}")]
-    async with exchange.runtime.database.read() as session:
-        row = await resources.current(session, exchange.domain, rtype, id)
+    row = await exchange.runtime.database.read(resources.current(exchange.domain, rtype, id))
     if row is None:
         raise not_found(f"{rtype}/{id} does not exist")
     if not access.allows("read", rtype, row.origin):
@@ -69,11 +68,11 @@ async def vread(exchange: Exchange, rtype: str, id: str, version: str) -> Found:
     if not version.isdigit():
         raise not_found(f"{rtype}/{id} has no version {version!r}")
     row = await _readable_current(exchange, rtype, id)
-    async with exchange.runtime.database.read() as session:
-        found = await resources.version(session, exchange.domain, rtype, id, int(version))
-    if found is None:
+    stored_version = await exchange.runtime.database.read(
+        resources.version(exchange.domain, rtype, id, int(version))
+    )
+    if stored_version is None:
         raise not_found(f"{rtype}/{id} has no version {version}")
-    stored_version = found[1]
     exchange.entities = [_version_entity(rtype, id, stored_version.version_id)]
     if stored_version.deleted:
         raise gone(rtype, f"{id}/_history/{version}")
@@ -100,8 +99,9 @@ async def history(
     if count < 1:
         raise bad_request("_count must be at least 1", "_count")
     row = await _readable_current(exchange, rtype, id)
-    async with exchange.runtime.database.read() as session:
-        versions = await resources.history(session, row, count=count + 1, before_version=before)
+    versions = await exchange.runtime.database.read(
+        resources.history(row.pk, count=count + 1, before_version=before)
+    )
     page, more = versions[:count], len(versions) > count
     base = exchange.runtime.fhir_base(exchange.domain)
     url = f"{base}/{rtype}/{id}/_history"
@@ -166,15 +166,15 @@ async def search(
     # `_count=0` asks for the total only (FHIR R4 §3.1.1.5.5): 0 must not become the default.
     count = settings.default_page_size if query.count is None else query.count
     page_size = min(count, settings.max_page_size)
-    async with exchange.runtime.database.read() as session:
-        page = await run_search(
-            session,
+    page = await exchange.runtime.database.read(
+        run_search(
             domain=exchange.domain,
             query=query,
             allowed_origins=access.origins("search", rtype),
             page_size=page_size,
             target_origins=access.readable_origins,
         )
+    )
     base = exchange.runtime.fhir_base(exchange.domain)
     exchange.entities += [_version_entity(row.rtype, row.id, row.version_id) for row in page.rows]
     links = [("self", _page_url(base, query, query.cursor))]

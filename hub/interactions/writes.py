@@ -1,9 +1,12 @@
-"""Write interactions: create, update, delete (DESIGN.md §6).
+"""Write interactions: create, update, delete (docs/architecture.md, "The write path").
 
-Each write validates first (outside any transaction), then in ONE transaction
-stores the resource, its history and index rows, runs the type's side effects
-(subscription matching into the outbox, patient e-mail rows, the subscription
-generation) and its AuditEvent. After commit the dispatcher is woken.
+Each write validates first and prepares the version it will store (stamped,
+serialised, indexed) outside any transaction, then runs ONE unit of work:
+check the version it replaces, store the resource with its history and index
+rows, run the type's effects and the subscription matching into the outbox,
+and append its AuditEvent to the chain. The database commits it (on SQLite
+with other units of the moment) before the caller hears 201; then the
+dispatcher is woken.
 """
 
 from __future__ import annotations
@@ -13,19 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.audit.events import Entity
-from hub.audit.store import chain_posted, store_event
+from hub.audit.store import prepare as prepare_event
 from hub.fhir import jsonio
-from hub.fhir.extract import extract
 from hub.fhir.model import parse_body, validate
 from hub.fhir.origin import origin_references, with_origin
 from hub.fhir.outcome import FhirError, bad_request, forbidden, not_found, unprocessable
-from hub.fhir.stamp import stamp
 from hub.interactions import effects
 from hub.interactions.exchange import Exchange
 from hub.interactions.reads import Found, gone
 from hub.runtime import utcnow
-from hub.store import resources
-from hub.store.outbox import announce
+from hub.store import outbox, resources
+from hub.store.audit import append_events
+from hub.store.resources import NewVersion, StoredRow
+from hub.store.sql import Work
 from hub.trace import new_id
 
 _WEAK_ETAG = re.compile(r'^(?:W/)?"(\d+)"$')
@@ -66,96 +69,87 @@ def _refuse_client_origin(rtype: str, resource: dict[str, Any]) -> None:
         )
 
 
-async def _commit(
-    exchange: Exchange,
-    resource: dict[str, Any],
-    *,
-    rtype: str,
-    id: str,
-    status: int,
-    lock_version: int | None,
-) -> Written:
-    """Store `resource` as a new version (1 when `lock_version` is None) in one transaction."""
-    runtime = exchange.runtime
-    async with runtime.database.write() as session:
-        row = None
-        version_id = 1
-        if lock_version is not None:
-            row = await resources.current(session, exchange.domain, rtype, id, for_update=True)
-            if row is None:
-                raise not_found(f"{rtype}/{id} does not exist")
-            if row.deleted:
-                raise gone(rtype, id)
-            if row.version_id != lock_version:
-                raise FhirError.single(
-                    412,
-                    "conflict",
-                    f"{rtype}/{id} is at version {row.version_id}, not {lock_version}: "
-                    "read it again and retry",
-                    "If-Match",
-                )
-            version_id = row.version_id + 1
-        now = utcnow()
-        stamped = stamp(resource, id=id, version_id=version_id, last_updated=now)
-        content = jsonio.dumps(stamped)
-        values = extract(stamped)
-        if row is None:
-            row = await resources.insert(
-                session,
-                domain=exchange.domain,
-                rtype=rtype,
-                id=id,
-                content=content,
-                last_updated=now,
-                origin=exchange.authorised().caller.client_id,
-                values=values,
-            )
-            if rtype == "AuditEvent":  # an application's own event joins the chain too
-                assert row.pk is not None
-                await chain_posted(
-                    session,
-                    domain=exchange.domain,
-                    resource_pk=row.pk,
-                    content=content,
-                    chain_key=runtime.chain_key,
-                )
-        else:
-            row = await resources.replace(
-                session, row, content=content, last_updated=now, values=values
-            )
-        queued = await effects.after_write(session, exchange, stamped, values, row.origin, now)
-        if queued:
-            await announce(session)
-        exchange.entities = [
-            Entity(what=f"{rtype}/{id}/_history/{version_id}", detail=tuple(exchange.details))
-        ]
-        await store_event(
-            session,
-            domain=exchange.domain,
-            event=exchange.audit_event(status),
-            chain_key=runtime.chain_key,
-            now=now,
+def _current_at(new: NewVersion, expected: int) -> Work[StoredRow]:
+    """The resource's current row, locked, if it is still at version `expected`."""
+    row = yield from resources.current(new.domain, new.rtype, new.id, for_update=True)
+    if row is None:
+        raise not_found(f"{new.rtype}/{new.id} does not exist")
+    if row.deleted:
+        raise gone(new.rtype, new.id)
+    if row.version_id != expected:
+        raise FhirError.single(
+            412,
+            "conflict",
+            f"{new.rtype}/{new.id} is at version {row.version_id}, not {expected}: "
+            "read it again and retry",
+            "If-Match",
         )
+    return row
+
+
+def _store(exchange: Exchange, new: NewVersion, status: int) -> Work[bool]:
+    """The write's unit of work; True when deliveries were queued."""
+    previous = None
+    if new.version_id > 1:
+        previous = yield from _current_at(new, new.version_id - 1)
+    row = yield from resources.write(new, previous=previous)
+    trigger = outbox.Trigger(
+        domain=new.domain,
+        resource_type=new.rtype,
+        resource_id=new.id,
+        version_id=new.version_id,
+        source_device=exchange.authorised().caller.client_id,
+        request_id=exchange.trace.request_id,
+        trace_id=exchange.trace.trace_id,
+        now=new.last_updated,
+    )
+    queued = yield from effects.after_write(effects.Change(exchange, new, row, trigger))
+    if queued:
+        yield from outbox.announce()
+    # Last: appending to the chain locks the domain's head until commit.
+    yield from _audit(exchange, f"{new.rtype}/{new.id}/_history/{new.version_id}", status)
+    return queued
+
+
+def _audit(exchange: Exchange, what: str, status: int) -> Work[list[int]]:
+    exchange.entities = [Entity(what=what, detail=tuple(exchange.details))]
+    event = prepare_event(exchange.domain, exchange.audit_event(status), utcnow())
+    return (yield from append_events([event], exchange.runtime.chain_key))
+
+
+async def _commit(exchange: Exchange, new: NewVersion, *, status: int) -> Written:
+    """Store `new` in one unit of work, audited; returns once it is committed."""
+    runtime = exchange.runtime
+    queued = await runtime.database.write(_store(exchange, new, status))
     exchange.audited = True
     if queued:
         runtime.wake_dispatcher()
-    return Written(rtype, id, version_id, now, content, status=status)
+    return Written(new.rtype, new.id, new.version_id, new.last_updated, new.content, status=status)
 
 
 async def create(exchange: Exchange, rtype: str, body: bytes) -> Written:
     access = exchange.authorised()
     if not access.may_create(rtype):
         raise forbidden()
+    rules = effects.rules_for(rtype)
     resource = parse_body(body, expected_type=rtype)
     effects.check_essentials(rtype, resource)
-    validate(resource, rules=effects.STRUCTURAL_RULES.get(rtype))
+    validate(resource, rules=rules.structural)
     _refuse_client_origin(rtype, resource)
     resource.pop("id", None)  # the hub assigns the id
-    resource = await effects.before_write(exchange, resource, previous=None)
-    with_origin(resource, access.caller.client_id)
-    return await _commit(
-        exchange, resource, rtype=rtype, id=new_id(), status=201, lock_version=None
+    resource = await rules.before_write(exchange, resource, None)
+    origin = access.caller.client_id
+    with_origin(resource, origin)
+    new = resources.prepare(
+        exchange.domain,
+        resource,
+        id=new_id(),
+        version_id=1,
+        now=utcnow(),
+        origin=origin,
+        method="POST",
     )
+    return await _commit(exchange, new, status=201)
 
 
 async def update(
@@ -163,10 +157,10 @@ async def update(
 ) -> Written:
     access = exchange.authorised()
     exchange.entities = [Entity(what=f"{rtype}/{id}")]
-    if rtype in effects.APPEND_ONLY:
+    rules = effects.rules_for(rtype)
+    if rules.append_only:
         raise append_only(rtype)
-    async with exchange.runtime.database.read() as session:
-        current = await resources.current(session, exchange.domain, rtype, id)
+    current = await exchange.runtime.database.read(resources.current(exchange.domain, rtype, id))
     if current is None:
         raise not_found(f"{rtype}/{id} does not exist")
     if not access.allows("update", rtype, current.origin):
@@ -180,7 +174,7 @@ async def update(
             f"The resource id ({resource.get('id')!r}) must equal the id in the URL ({id!r})",
             f"{rtype}.id",
         )
-    validate(resource, rules=effects.STRUCTURAL_RULES.get(rtype))
+    validate(resource, rules=rules.structural)
     previous = jsonio.loads(current.content)
     stored_origins = origin_references(previous)
     supplied_origins = origin_references(resource)
@@ -188,38 +182,42 @@ async def update(
         raise forbidden("resource-origin cannot change on update")
     if not supplied_origins and current.origin is not None:
         with_origin(resource, current.origin)
-    resource = await effects.before_write(exchange, resource, previous=previous)
-    return await _commit(
-        exchange, resource, rtype=rtype, id=id, status=200, lock_version=expected_version
+    resource = await rules.before_write(exchange, resource, previous)
+    new = resources.prepare(
+        exchange.domain,
+        resource,
+        id=id,
+        version_id=expected_version + 1,
+        now=utcnow(),
+        origin=current.origin,
+        method="PUT",
     )
+    return await _commit(exchange, new, status=200)
+
+
+def _delete(exchange: Exchange, rtype: str, id: str) -> Work[bool]:
+    access = exchange.authorised()
+    row = yield from resources.current(exchange.domain, rtype, id, for_update=True)
+    if row is None:
+        raise not_found(f"{rtype}/{id} does not exist")
+    if not access.allows("delete", rtype, row.origin):
+        raise forbidden()
+    rules = effects.rules_for(rtype)
+    rules.check_deletable(exchange, id)
+    if row.deleted:
+        return False
+    row = yield from resources.delete(row, now=utcnow())
+    yield from rules.after_delete(exchange)
+    yield from _audit(exchange, f"{rtype}/{id}/_history/{row.version_id}", 200)
+    return True
 
 
 async def delete(exchange: Exchange, rtype: str, id: str) -> bool:
     """Soft delete; False when it was already deleted (nothing changes then)."""
-    access = exchange.authorised()
+    exchange.authorised()
     exchange.entities = [Entity(what=f"{rtype}/{id}")]
-    if rtype in effects.APPEND_ONLY:
+    if effects.rules_for(rtype).append_only:
         raise append_only(rtype)
-    runtime = exchange.runtime
-    async with runtime.database.write() as session:
-        row = await resources.current(session, exchange.domain, rtype, id, for_update=True)
-        if row is None:
-            raise not_found(f"{rtype}/{id} does not exist")
-        if not access.allows("delete", rtype, row.origin):
-            raise forbidden()
-        effects.check_deletable(exchange, rtype, id)
-        if row.deleted:
-            return False
-        now = utcnow()
-        row = await resources.delete(session, row, last_updated=now)
-        await effects.after_delete(session, exchange, rtype)
-        exchange.entities = [Entity(what=f"{rtype}/{id}/_history/{row.version_id}")]
-        await store_event(
-            session,
-            domain=exchange.domain,
-            event=exchange.audit_event(200),
-            chain_key=runtime.chain_key,
-            now=now,
-        )
-    exchange.audited = True
-    return True
+    deleted = await exchange.runtime.database.write(_delete(exchange, rtype, id))
+    exchange.audited = deleted
+    return deleted

@@ -3,10 +3,10 @@
 Before sending, the Subscription and the subscriber's right to read the
 resource are checked again against the CURRENT state (fail closed: a row
 whose subscriber lost its right, or whose Subscription is gone or off, is
-dropped unsent). After the attempt, one transaction records the `transmit`
-AuditEvent, completes or reschedules the row, and keeps the Subscription's
-status (`error` after 3 failures in a row, `active` again on success, `off`
-on 410 Gone).
+dropped unsent). After the attempt, one unit of work completes or
+reschedules the row, keeps the Subscription's failure count and status
+(`error` after 3 failures in a row, `active` again on success, `off` on 410
+Gone), and records the `transmit` AuditEvent, last.
 """
 
 from __future__ import annotations
@@ -18,15 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
-
 from hub.access.policy import subscriber_may_read
 from hub.audit.events import transmit_event
-from hub.audit.store import store_event
+from hub.audit.store import prepare as prepare_event
 from hub.fhir import jsonio
 from hub.net import DeliveryResult, OutboundClient
 from hub.notify.mail import MailError, compose_invitation, compose_new_message_notice, send_mail
@@ -36,8 +30,11 @@ from hub.notify.status import set_status
 from hub.notify.webhook import EndpointLimiter, notification_headers
 from hub.runtime import HUB_DEVICE, Runtime, utcnow
 from hub.store import outbox, resources
-from hub.store.db import affected, dialect_of
-from hub.store.tables import DeliveryHealth, OutboxRow
+from hub.store.audit import append_events
+from hub.store.health import count_failure, reset_failures
+from hub.store.outbox import Entry
+from hub.store.resources import NewVersion, StoredRow
+from hub.store.sql import Work
 from hub.trace import TraceIds
 
 log = logging.getLogger("hub.delivery")
@@ -67,7 +64,7 @@ class Deliverer:
         self.on_waiting: Callable[[], None] = lambda: None
         self._random = random.Random()
 
-    async def deliver(self, row: OutboxRow) -> None:
+    async def deliver(self, row: Entry) -> None:
         if row.channel == "email":
             await self._deliver_mail(row)
         else:
@@ -75,15 +72,9 @@ class Deliverer:
 
     # --- webhooks ---------------------------------------------------------------------
 
-    async def _still_wanted(self, row: OutboxRow) -> LiveSubscription | None:
+    async def _still_wanted(self, row: Entry) -> LiveSubscription | None:
         """The Subscription, if it still exists, is not off, and may read the resource."""
-        async with self.runtime.database.read() as session:
-            stored = await resources.current(
-                session, row.domain, "Subscription", row.subscription_id or ""
-            )
-            resource = await resources.current(
-                session, row.domain, row.resource_type, row.resource_id
-            )
+        stored, resource = await self.runtime.database.read(_subscription_and_resource(row))
         if stored is None or stored.deleted or resource is None:
             return None
         subscription = live_subscription(jsonio.loads(stored.content))
@@ -102,7 +93,7 @@ class Deliverer:
             return None
         return subscription
 
-    async def _deliver_webhook(self, row: OutboxRow) -> None:
+    async def _deliver_webhook(self, row: Entry) -> None:
         subscription = await self._still_wanted(row)
         if subscription is None:
             await self._drop(row)
@@ -127,10 +118,9 @@ class Deliverer:
         await self._record(row, attempt, event, subscription=subscription)
 
     async def _send(
-        self, row: OutboxRow, subscription: LiveSubscription
+        self, row: Entry, subscription: LiveSubscription
     ) -> tuple[LiveSubscription, Attempt, TraceIds] | None:
         """Send within the endpoint's concurrency limit; None if nothing was sent."""
-        assert row.pk is not None
         waits = self.limiter.busy(subscription.endpoint)
         if waits:
             self.waiting[row.pk] = subscription.id
@@ -154,9 +144,7 @@ class Deliverer:
         finally:
             self.waiting.pop(row.pk, None)
 
-    async def _post(
-        self, row: OutboxRow, subscription: LiveSubscription, trace: TraceIds
-    ) -> Attempt:
+    async def _post(self, row: Entry, subscription: LiveSubscription, trace: TraceIds) -> Attempt:
         try:
             headers = notification_headers(
                 channel_headers=subscription.headers,
@@ -169,11 +157,10 @@ class Deliverer:
             return Attempt(False, f"unusable channel.header: {exc}", permanent=True)
         return _webhook_attempt(await self.client.post_notification(subscription.endpoint, headers))
 
-    async def _drop(self, row: OutboxRow) -> None:
-        async with self.runtime.database.write() as session:
-            await outbox.drop(session, row, owner=self.owner)
+    async def _drop(self, row: Entry) -> None:
+        await self.runtime.database.write(outbox.drop(row, owner=self.owner))
 
-    async def _keep_lease(self, row: OutboxRow) -> bool:
+    async def _keep_lease(self, row: Entry) -> bool:
         """Extend the lease to cover the whole send; False if it was lost.
 
         Never shorter than the send may take, whatever `delivery_lease_seconds` says:
@@ -184,20 +171,20 @@ class Deliverer:
         needed = timedelta(seconds=settings.webhook_timeout + 5)
         if row.lease_until is not None and row.lease_until - now > needed:
             return True
-        async with self.runtime.database.write() as session:
-            kept = await outbox.renew(
-                session,
+        kept = await self.runtime.database.write(
+            outbox.renew(
                 row,
                 owner=self.owner,
                 until=now + max(timedelta(seconds=settings.delivery_lease_seconds), needed),
             )
+        )
         if not kept:
             log.warning("lost the lease of outbox row %s; another worker delivers it", row.pk)
         return kept
 
     # --- patient e-mail ---------------------------------------------------------------
 
-    async def _deliver_mail(self, row: OutboxRow) -> None:
+    async def _deliver_mail(self, row: Entry) -> None:
         settings = self.runtime.settings
         assert row.recipient is not None
         if settings.smtp_url is None:
@@ -245,35 +232,31 @@ class Deliverer:
 
     async def _record(
         self,
-        row: OutboxRow,
+        row: Entry,
         attempt: Attempt,
         event: dict[str, Any],
         *,
         subscription: LiveSubscription | None,
     ) -> None:
         now = utcnow()
-        async with self.runtime.database.write() as session:
-            if attempt.success:
-                await outbox.complete(session, row, owner=self.owner)
-            else:
-                await outbox.reschedule(
-                    session,
-                    row,
-                    owner=self.owner,
-                    next_attempt_at=self._next_attempt(row, attempt, now),
-                    error=attempt.description or "delivery failed",
-                    now=now,
-                )
-            if subscription is not None:
-                await self._keep_health(session, row.domain, subscription, attempt, now)
-            # The audit chain's head is locked last, as every write path does: a client's
-            # Subscription update locks the Subscription first and the head last, so the
-            # opposite order here would deadlock against it on PostgreSQL.
-            await store_event(
-                session, domain=row.domain, event=event, chain_key=self.runtime.chain_key, now=now
+        # Everything that needs no database is done here, in this task: the unit then
+        # holds the writer only for its statements.
+        next_attempt_at = None if attempt.success else self._next_attempt(row, attempt, now)
+        prepared = prepare_event(row.domain, event, now)
+        await self.runtime.database.write(
+            _bookkeeping(
+                row,
+                attempt,
+                prepared,
+                subscription=subscription,
+                owner=self.owner,
+                next_attempt_at=next_attempt_at,
+                chain_key=self.runtime.chain_key,
+                now=now,
             )
+        )
 
-    def _next_attempt(self, row: OutboxRow, attempt: Attempt, now: datetime) -> datetime | None:
+    def _next_attempt(self, row: Entry, attempt: Attempt, now: datetime) -> datetime | None:
         if attempt.gone or attempt.permanent:
             return None
         delay = next_attempt_delay(
@@ -286,83 +269,71 @@ class Deliverer:
         )
         return None if delay is None else now + delay
 
-    async def _keep_health(
-        self,
-        session: AsyncSession,
-        domain: str,
-        subscription: LiveSubscription,
-        attempt: Attempt,
-        now: datetime,
-    ) -> None:
-        subscription_id = subscription.id
-        if attempt.success:
-            # The common case, kept cheap: no failures to forget and the Subscription was
-            # active when checked. `error` is only ever set with failures counted, in
-            # one transaction, so a concurrent verdict shows up as a counter to reset.
-            if await _reset_failures(session, domain, subscription_id) or (
-                subscription.status != "active"
-            ):
-                await set_status(
-                    session,
-                    domain,
-                    subscription_id,
-                    "active",
-                    None,
-                    now,
-                    applies=_status_is("error"),
-                )
-            return
-        health = await _locked_health(session, domain, subscription_id)
-        health.consecutive_failures += 1
-        health.last_error = attempt.description
-        if attempt.gone:
-            await set_status(session, domain, subscription_id, "off", attempt.description, now)
-        elif health.consecutive_failures >= FAILURES_BEFORE_ERROR:
-            await set_status(
-                session,
-                domain,
-                subscription_id,
-                "error",
-                attempt.description,
-                now,
-                applies=_status_is("active"),
+
+def _subscription_and_resource(row: Entry) -> Work[tuple[StoredRow | None, StoredRow | None]]:
+    """The current rows of the row's Subscription and of its resource (one snapshot)."""
+    stored = yield from resources.current(row.domain, "Subscription", row.subscription_id or "")
+    resource = yield from resources.current(row.domain, row.resource_type, row.resource_id)
+    return stored, resource
+
+
+def _bookkeeping(
+    row: Entry,
+    attempt: Attempt,
+    event: NewVersion,
+    *,
+    subscription: LiveSubscription | None,
+    owner: str,
+    next_attempt_at: datetime | None,
+    chain_key: bytes,
+    now: datetime,
+) -> Work[None]:
+    """One attempt's record: the row done or rescheduled, health and status, AuditEvent."""
+    if attempt.success:
+        yield from outbox.complete(row, owner=owner)
+    else:
+        yield from outbox.reschedule(
+            row,
+            owner=owner,
+            next_attempt_at=next_attempt_at,
+            error=attempt.description or "delivery failed",
+            now=now,
+        )
+    if subscription is not None:
+        yield from _keep_health(row.domain, subscription, attempt, now)
+    # The audit chain's head is locked last, as every write path does: a client's
+    # Subscription update locks the Subscription first and the head last, so the
+    # opposite order here would deadlock against it on PostgreSQL.
+    yield from append_events([event], chain_key)
+
+
+def _keep_health(
+    domain: str, subscription: LiveSubscription, attempt: Attempt, now: datetime
+) -> Work[None]:
+    subscription_id = subscription.id
+    if attempt.success:
+        # The common case, kept cheap: no failures to forget and the Subscription was
+        # active when checked. `error` is only ever set with failures counted, in
+        # one unit of work, so a concurrent verdict shows up as a counter to reset.
+        if (yield from reset_failures(domain, subscription_id)) or (
+            subscription.status != "active"
+        ):
+            yield from set_status(
+                domain, subscription_id, "active", None, now, applies=_status_is("error")
             )
-        session.add(health)
-
-
-async def _reset_failures(session: AsyncSession, domain: str, subscription_id: str) -> bool:
-    """Zero the Subscription's failure counter; False when it was zero (or never set)."""
-    reset = await session.execute(
-        update(DeliveryHealth)
-        .where(
-            col(DeliveryHealth.domain) == domain,
-            col(DeliveryHealth.subscription_id) == subscription_id,
-            col(DeliveryHealth.consecutive_failures) > 0,
+        return
+    failures = yield from count_failure(domain, subscription_id, attempt.description)
+    if attempt.gone:
+        yield from set_status(domain, subscription_id, "off", attempt.description, now)
+    elif failures >= FAILURES_BEFORE_ERROR:
+        yield from set_status(
+            domain,
+            subscription_id,
+            "error",
+            attempt.description,
+            now,
+            applies=_status_is("active"),
         )
-        .values(consecutive_failures=0, last_error=None)
-    )
-    return bool(affected(reset))
-
-
-async def _locked_health(
-    session: AsyncSession, domain: str, subscription_id: str
-) -> DeliveryHealth:
-    """The Subscription's failure counter, locked; created race-free on first use."""
-    insert = pg_insert if dialect_of(session) == "postgresql" else sqlite_insert
-    await session.execute(
-        insert(DeliveryHealth)
-        .values(domain=domain, subscription_id=subscription_id, consecutive_failures=0)
-        .on_conflict_do_nothing(index_elements=["domain", "subscription_id"])
-    )
-    statement = (
-        select(DeliveryHealth)
-        .where(
-            col(DeliveryHealth.domain) == domain,
-            col(DeliveryHealth.subscription_id) == subscription_id,
-        )
-        .with_for_update()
-    )
-    return (await session.execute(statement)).scalar_one()
 
 
 def _status_is(expected: str) -> Callable[[Mapping[str, Any]], bool]:

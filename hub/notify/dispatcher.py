@@ -19,7 +19,7 @@ from datetime import timedelta
 from hub.notify.delivery import Deliverer
 from hub.runtime import Runtime, utcnow
 from hub.store import outbox
-from hub.store.tables import OutboxRow
+from hub.store.outbox import Entry
 
 log = logging.getLogger("hub.dispatcher")
 
@@ -81,9 +81,8 @@ class Dispatcher:
         if free <= 0:
             return 0
         settings = self.runtime.settings
-        async with self.runtime.database.write() as session:
-            rows = await outbox.claim(
-                session,
+        rows = await self.runtime.database.write(
+            outbox.claim(
                 owner=self.deliverer.owner,
                 now=utcnow(),
                 lease=timedelta(seconds=settings.delivery_lease_seconds),
@@ -91,14 +90,15 @@ class Dispatcher:
                 skip_rows=self._rows(),
                 skip_subscriptions=self._busy_subscriptions(),
             )
+        )
+        # The tasks start here, after the unit: it ran in another thread on SQLite.
         for row in rows:
-            assert row.pk is not None
             task = asyncio.create_task(self._deliver(row))
             self._in_flight[task] = row.pk
             task.add_done_callback(self._finished)
         return len(rows)
 
-    async def _deliver(self, row: OutboxRow) -> None:
+    async def _deliver(self, row: Entry) -> None:
         try:
             await self.deliverer.deliver(row)
         except Exception:
@@ -113,12 +113,11 @@ class Dispatcher:
         timeout = self.runtime.settings.delivery_poll_seconds
         if self._active() < self._capacity:
             try:
-                async with self.runtime.database.read() as session:
-                    due = await outbox.next_due(
-                        session,
-                        skip_rows=self._rows(),
-                        skip_subscriptions=self._busy_subscriptions(),
+                due = await self.runtime.database.read(
+                    outbox.next_due(
+                        skip_rows=self._rows(), skip_subscriptions=self._busy_subscriptions()
                     )
+                )
             except Exception:
                 log.exception("reading the next due delivery failed")
                 due = None

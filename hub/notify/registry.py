@@ -20,17 +20,10 @@ uncommitted rows would pass for current.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 
 from hub.fhir import jsonio
 from hub.fhir.extract import IndexValues, instant
@@ -38,8 +31,8 @@ from hub.fhir.match import Key, index_keys, required_keys
 from hub.fhir.origin import origin_device
 from hub.fhir.outcome import FhirError
 from hub.fhir.query import Query, parse_criteria
-from hub.store.db import dialect_of
-from hub.store.tables import StoredResource, SubscriptionGeneration
+from hub.store.sql import Work
+from hub.store.subscriptions import generation, subscription_contents
 
 log = logging.getLogger("hub.subscriptions")
 
@@ -106,50 +99,32 @@ class _DomainIndex:
                 self.by_key[(rtype, key)].append(subscription)
 
 
-async def _generation(session: AsyncSession, domain: str) -> int:
-    statement = select(col(SubscriptionGeneration.generation)).where(
-        col(SubscriptionGeneration.domain) == domain
-    )
-    return (await session.execute(statement)).scalar_one_or_none() or 0
-
-
-async def bump_generation(session: AsyncSession, domain: str) -> None:
-    """Call in every transaction that changes a Subscription of `domain`."""
-    insert = pg_insert if dialect_of(session) == "postgresql" else sqlite_insert
-    # Never 0, the generation of a domain without the row; 62 bits fit a signed BIGINT.
-    stamp = secrets.randbits(62) | 1
-    statement = insert(SubscriptionGeneration).values(domain=domain, generation=stamp)
-    await session.execute(
-        statement.on_conflict_do_update(index_elements=["domain"], set_={"generation": stamp})
-    )
-
-
 class SubscriptionIndex:
     def __init__(self) -> None:
         self._domains: dict[str, _DomainIndex] = {}
 
-    async def ensure_current(self, session: AsyncSession, domain: str) -> None:
-        """Reload the domain's subscriptions if any changed since they were loaded."""
-        generation = await _generation(session, domain)
+    def ensure_current(self, domain: str) -> Work[None]:
+        """Reload the domain's subscriptions if any changed since they were loaded.
+
+        Part of every write's unit of work: the generation is read in the write's
+        own transaction.
+        """
+        stamp = yield from generation(domain)
         known = self._domains.get(domain)
-        if known is not None and known.generation == generation:
+        if known is not None and known.generation == stamp:
             return
-        rows = await session.execute(
-            select(col(StoredResource.content)).where(
-                col(StoredResource.domain) == domain,
-                col(StoredResource.rtype) == "Subscription",
-                col(StoredResource.deleted) == False,  # noqa: E712
-            )
-        )
-        index = _DomainIndex(generation=generation)
-        for (content,) in rows:
+        index = _DomainIndex(generation=stamp)
+        for content in (yield from subscription_contents(domain)):
             subscription = live_subscription(jsonio.loads(content))
             if subscription is not None:
                 index.add(subscription)
         self._domains[domain] = index  # swapped whole: readers never see a half-built index
-        log.debug(
-            "loaded %d subscriptions of %s (generation %d)", len(index.by_id), domain, generation
-        )
+        log.debug("loaded %d subscriptions of %s (generation %d)", len(index.by_id), domain, stamp)
+
+    def get(self, domain: str, subscription_id: str) -> LiveSubscription | None:
+        """The Subscription as the index last loaded it (None when gone or never live)."""
+        index = self._domains.get(domain)
+        return index.by_id.get(subscription_id) if index is not None else None
 
     def candidates(
         self, domain: str, rtype: str, values: IndexValues, now: datetime

@@ -1,8 +1,8 @@
 """The hub's own verdicts on a Subscription's `status` (error, active again, off).
 
 Stored as a new version of the Subscription like any update (history, index,
-ETag), and the domain's subscription generation is bumped so every process's
-index sees the change at its next write.
+ETag), and the domain's subscription generation is bumped in the same unit of
+work, so every process's index sees the change at its next write.
 """
 
 from __future__ import annotations
@@ -12,19 +12,15 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from hub.fhir import jsonio
-from hub.fhir.extract import extract
-from hub.fhir.stamp import stamp
-from hub.notify.registry import bump_generation
 from hub.store import resources
+from hub.store.sql import Work
+from hub.store.subscriptions import bump_generation
 
 log = logging.getLogger("hub.subscriptions")
 
 
-async def set_status(
-    session: AsyncSession,
+def set_status(
     domain: str,
     subscription_id: str,
     status: str,
@@ -32,13 +28,14 @@ async def set_status(
     now: datetime,
     *,
     applies: Callable[[Mapping[str, Any]], bool] = lambda _resource: True,
-) -> bool:
+) -> Work[bool]:
     """Give the Subscription `status` (and `error`, or none) if `applies` to its current state.
 
-    A no-op when it is gone, already has that status, or `applies` says no (checked on
-    the row locked here, so a concurrent change is seen). True when it changed.
+    A unit of work, to compose into the caller's write. A no-op when the Subscription
+    is gone, already has that status, or `applies` says no (checked on the row locked
+    here, so a concurrent change is seen). True when it changed.
     """
-    row = await resources.current(session, domain, "Subscription", subscription_id, for_update=True)
+    row = yield from resources.current(domain, "Subscription", subscription_id, for_update=True)
     if row is None or row.deleted:
         return False
     resource = jsonio.loads(row.content)
@@ -49,10 +46,18 @@ async def set_status(
         resource.pop("error", None)
     else:
         resource["error"] = error
-    stamped = stamp(resource, id=row.id, version_id=row.version_id + 1, last_updated=now)
-    await resources.replace(
-        session, row, content=jsonio.dumps(stamped), last_updated=now, values=extract(stamped)
+    new = resources.prepare(
+        domain,
+        resource,
+        id=row.id,
+        version_id=row.version_id + 1,
+        now=now,
+        origin=row.origin,
+        method="PUT",
     )
-    await bump_generation(session, domain)
+    yield from resources.write(new, previous=row)
+    yield from bump_generation(domain)
+    # Logged inside the unit (on SQLite, in the writer thread), so before the commit: a
+    # unit that fails after this is reported by whoever awaited it.
     log.info("Subscription/%s is now %s%s", subscription_id, status, f": {error}" if error else "")
     return True

@@ -12,12 +12,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import delete
+from sqlalchemy import Table, bindparam, delete
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.store.db import affected, dialect_of
+from hub.store.sql import Prepared, Work, dialect, execute
 from hub.store.tables import UsedAssertion
+
+USED: Table = UsedAssertion.__table__  # type: ignore[attr-defined]
+_COLUMNS = ("domain", "client_id", "jti", "expires_at")
+_REMEMBER = {
+    "sqlite": Prepared(sqlite.insert(USED).on_conflict_do_nothing(), column_keys=_COLUMNS),
+    "postgresql": Prepared(postgresql.insert(USED).on_conflict_do_nothing(), column_keys=_COLUMNS),
+}
+_PURGE = Prepared(delete(USED).where(USED.c.expires_at < bindparam("now")))
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -27,9 +34,7 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-async def remember_jti(
-    session: AsyncSession, domain: str, client_id: str, jti: str, expires_at: datetime
-) -> bool:
+def remember_jti(domain: str, client_id: str, jti: str, expires_at: datetime) -> Work[bool]:
     """Record a used assertion; False when this client already used this jti (a replay)."""
     values = {
         "domain": domain,
@@ -37,18 +42,12 @@ async def remember_jti(
         "jti": jti,
         "expires_at": _naive_utc(expires_at),
     }
-    table = UsedAssertion.__table__  # type: ignore[attr-defined]
-    dialect = dialect_of(session)
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(table).values(**values).on_conflict_do_nothing()
-    result = await session.execute(statement)
-    return affected(result) == 1
+    backend = yield from dialect()
+    inserted = yield from execute(_REMEMBER[backend], values)
+    return inserted.rowcount == 1
 
 
-async def purge_expired(session: AsyncSession, now: datetime) -> int:
+def purge_expired(now: datetime) -> Work[int]:
     """Forget assertions that expired before `now` (they cannot be replayed any more)."""
-    statement = delete(UsedAssertion).where(
-        UsedAssertion.expires_at < _naive_utc(now)  # type: ignore[arg-type]
-    )
-    result = await session.execute(statement)
-    return affected(result)
+    purged = yield from execute(_PURGE, {"now": _naive_utc(now)})
+    return purged.rowcount

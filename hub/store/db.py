@@ -1,83 +1,326 @@
-"""Engines, sessions and transactions for SQLite and PostgreSQL.
+"""The database: runs units of work (`hub.store.sql`) on SQLite or PostgreSQL.
 
-SQLite allows one writer at a time. Rather than let concurrent writers collide
-on the file lock, the hub gives SQLite a dedicated single-connection write
-engine whose transactions start with `BEGIN IMMEDIATE` (so a transaction never
-has to upgrade a read lock, the classic source of `database is locked`), and a
-separate pool of reader connections that WAL lets run beside the writer.
-PostgreSQL uses one pooled engine for both.
+`Database.write(work)` stores one logical write (a resource version, its
+history and index rows, its AuditEvent and chain link, its outbox rows) and
+returns only after it is committed: a 201 means durable. `Database.read(work)`
+runs a unit in one read-only snapshot.
+
+SQLite (the embedded default) allows one writer at a time, so the hub gives it
+one writer thread on the standard `sqlite3` module and commits in groups:
+units that arrive while a commit is in flight are run together in the next
+transaction (`BEGIN IMMEDIATE`), each inside its own SAVEPOINT. A unit that
+fails (a constraint, an `If-Match` race, a bad value) is rolled back to its
+savepoint and fails alone; the others commit, and their callers are released
+the moment the transaction commits. One batch costs one thread hand-off and
+one commit, however many units it holds. Readers have their own long-lived
+connections, one per reader thread (`query_only`, so a read can never write).
+
+PostgreSQL (the scale-out backend, any number of hub processes) runs each unit
+in its own transaction on an asyncpg pool connection, with asyncpg's prepared
+statement cache. Every process locks rows in one order (resources first, the
+audit chain head last); batching units of one process into one transaction
+would hold a chain head while a later unit waits for a row another process
+holds, so PostgreSQL does not group them. Reads run in REPEATABLE READ, so a
+search counts and pages one snapshot.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+import asyncpg
+from sqlalchemy.engine import URL, make_url
+
+from hub.store.sql import Conflict, Execute, Result, WhichDialect, Work
+
+log = logging.getLogger("hub.store")
+
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Units committed together at most; a larger backlog is committed in several groups.
+MAX_GROUP = 256
+SQLITE_READERS = 4
 
 
-def _prepare_sqlite_path(url: str) -> None:
-    database = make_url(url).database
-    if database and database != ":memory:":
-        from pathlib import Path
-
+def _sqlite_path(url: URL) -> str:
+    database = url.database or ":memory:"
+    if database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
+    return database
 
 
-def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
-    engine = create_async_engine(
-        url,
-        poolclass=AsyncAdaptedQueuePool,
-        pool_size=1 if writer else 8,
-        max_overflow=0 if writer else 8,
-        pool_timeout=60,
-    )
+def _connect_sqlite(path: str, *, reader: bool) -> sqlite3.Connection:
+    # Autocommit mode: the runner issues BEGIN, SAVEPOINT and COMMIT itself.
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    # NORMAL is durable in WAL mode against a crash of the process (kill -9); only a
+    # power loss before the next checkpoint can lose the newest commits.
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    connection.execute("PRAGMA foreign_keys=ON")
+    if reader:
+        connection.execute("PRAGMA query_only=ON")
+    return connection
 
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event below issue BEGIN itself.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable in WAL mode except against power loss before a checkpoint.
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+def _run_sqlite(connection: sqlite3.Connection, step: Execute) -> Result:
+    compiled = step.compiled("sqlite")
+    try:
+        if step.many is not None:
+            cursor = connection.executemany(
+                compiled.sql, [compiled.arguments(params) for params in step.many]
+            )
+            return Result([], cursor.rowcount)
+        cursor = connection.execute(compiled.sql, compiled.arguments(step.params))
+        rows = cursor.fetchall() if compiled.returns_rows else []
+    except sqlite3.IntegrityError as exc:
+        if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
+            raise Conflict(str(exc)) from exc
+        raise
+    return Result(compiled.convert(rows), cursor.rowcount)
 
-    return engine
+
+def drive_sync(connection: sqlite3.Connection, work: Work[T]) -> T:
+    """Run a unit of work to its end on a SQLite connection, in the calling thread."""
+    try:
+        step = next(work)
+        while True:
+            try:
+                value: Any = (
+                    "sqlite" if isinstance(step, WhichDialect) else _run_sqlite(connection, step)
+                )
+            except Exception as exc:  # the unit may handle it (e.g. a Conflict)
+                step = work.throw(exc)
+            else:
+                step = work.send(value)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def _run_postgres(connection: Any, step: Execute) -> Result:
+    compiled = step.compiled("postgresql")
+    try:
+        if step.many is not None:
+            await connection.executemany(
+                compiled.sql, [compiled.arguments(params) for params in step.many]
+            )
+            return Result([], len(step.many))
+        arguments = compiled.arguments(step.params)
+        if compiled.returns_rows:
+            records = await connection.fetch(compiled.sql, *arguments)
+            return Result(compiled.convert(records), len(records))
+        status: str = await connection.execute(compiled.sql, *arguments)
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(str(exc)) from exc
+    last = status.rsplit(" ", 1)[-1]
+    return Result([], int(last) if last.isdigit() else 0)
+
+
+async def drive_async(connection: Any, work: Work[T]) -> T:
+    """Run a unit of work to its end on an asyncpg connection."""
+    try:
+        step = next(work)
+        while True:
+            try:
+                value: Any = (
+                    "postgresql"
+                    if isinstance(step, WhichDialect)
+                    else await _run_postgres(connection, step)
+                )
+            except Exception as exc:
+                step = work.throw(exc)
+            else:
+                step = work.send(value)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+@dataclass
+class _Pending:
+    work: Work[Any]
+    future: asyncio.Future[Any]
+
+
+Outcome = tuple[bool, Any]  # (committed, value) or (False, the exception)
+
+
+class _Sqlite:
+    """One writer thread committing in groups, and a few reader threads."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="hub-sqlite-writer")
+        self._readers = ThreadPoolExecutor(SQLITE_READERS, thread_name_prefix="hub-sqlite-reader")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def _connection(self, *, reader: bool) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = _connect_sqlite(self._path, reader=reader)
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    async def write(self, work: Work[T]) -> T:
+        loop = asyncio.get_running_loop()
+        pending = _Pending(work, loop.create_future())
+        # Retrieve a failure even when the caller has gone (a client that disconnected).
+        pending.future.add_done_callback(_retrieve)
+        self._pending.append(pending)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush(), name="hub-sqlite-group-commit")
+        # shield: a caller that is cancelled must not take the group's commit with it.
+        result: T = await asyncio.shield(pending.future)
+        return result
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+            works = [pending.work for pending in group]
+            try:
+                outcomes = await loop.run_in_executor(self._writer, self._commit_group, works)
+            except BaseException as exc:
+                outcomes = [(False, exc)] * len(group)
+            for pending, (committed, value) in zip(group, outcomes, strict=True):
+                if pending.future.done():
+                    continue
+                if committed:
+                    pending.future.set_result(value)
+                else:
+                    pending.future.set_exception(value)
+
+    def _commit_group(self, works: list[Work[Any]]) -> list[Outcome]:
+        """In the writer thread: every unit in its savepoint, one commit for all."""
+        connection = self._connection(reader=False)
+        outcomes: list[Outcome] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for work in works:
+                connection.execute("SAVEPOINT unit")
+                try:
+                    value = drive_sync(connection, work)
+                except Exception as exc:
+                    connection.execute("ROLLBACK TO unit")
+                    connection.execute("RELEASE unit")
+                    outcomes.append((False, exc))
+                else:
+                    connection.execute("RELEASE unit")
+                    outcomes.append((True, value))
+            connection.execute("COMMIT")
+        except Exception as exc:
+            log.exception("committing a group of %d unit(s) failed", len(works))
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            return [(False, exc)] * len(works)
+        return outcomes
+
+    async def read(self, work: Work[T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read, work)
+
+    def _read(self, work: Work[T]) -> T:
+        connection = self._connection(reader=True)
+        connection.execute("BEGIN")  # one snapshot for the whole unit
+        try:
+            return drive_sync(connection, work)
+        finally:
+            connection.execute("ROLLBACK")
+
+    async def dispose(self) -> None:
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class _Postgres:
+    """A bounded asyncpg pool: each unit in its own transaction."""
+
+    def __init__(self, url: URL, pool_size: int) -> None:
+        self.connect_args = postgres_connect_args(url)
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    # No overflow: a burst of requests queues for a connection instead of
+                    # opening more, so N hub processes never hold more than N * pool_size.
+                    self._pool = await asyncpg.create_pool(
+                        **self.connect_args, min_size=1, max_size=self._pool_size
+                    )
+        return self._pool
+
+    async def write(self, work: Work[T]) -> T:
+        pool = await self.pool()
+        async with pool.acquire() as connection, connection.transaction():
+            return await drive_async(connection, work)
+
+    async def read(self, work: Work[T]) -> T:
+        pool = await self.pool()
+        async with (
+            pool.acquire() as connection,
+            connection.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            return await drive_async(connection, work)
+
+    async def dispose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+def postgres_connect_args(url: URL) -> dict[str, Any]:
+    """asyncpg's connection arguments for a `postgresql://` URL."""
+    return {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username,
+        "password": url.password,
+        "database": url.database,
+    }
 
 
 class Database:
-    """The hub's database: `write()` and `read()` give transactional sessions."""
+    """The hub's database: `write()` and `read()` run units of work."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
-        self.dialect = make_url(url).get_backend_name()
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        self._backend: _Sqlite | _Postgres
         if self.dialect == "sqlite":
-            _prepare_sqlite_path(url)
-            self.write_engine = _sqlite_engine(url, writer=True)
-            self.read_engine = _sqlite_engine(url, writer=False)
+            self.sqlite_path = _sqlite_path(parsed)
+            self._backend = _Sqlite(self.sqlite_path)
         elif self.dialect == "postgresql":
-            # No overflow: a burst of requests queues for a connection (up to
-            # pool_timeout) instead of opening more, so N hub processes on one
-            # server never hold more than N times pool_size connections.
-            engine = create_async_engine(
-                url, pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_pre_ping=True
-            )
-            self.write_engine = engine
-            # A search counts and pages in one snapshot, so reads are REPEATABLE READ.
-            self.read_engine = engine.execution_options(isolation_level="REPEATABLE READ")
+            self._backend = _Postgres(parsed, pool_size)
         else:
             raise ValueError(
                 f"unsupported database URL {url!r}: use sqlite+aiosqlite or postgresql+asyncpg"
@@ -87,38 +330,19 @@ class Database:
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
-        """A read-write transaction, committed when the block ends without an exception."""
-        async with (
-            AsyncSession(self.write_engine, expire_on_commit=False) as session,
-            session.begin(),
-        ):
-            yield session
+    @property
+    def connect_args(self) -> dict[str, Any]:
+        """asyncpg's connection arguments (PostgreSQL only): for LISTEN."""
+        assert isinstance(self._backend, _Postgres)
+        return self._backend.connect_args
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
-        """A read-only transaction: one consistent snapshot on both backends."""
-        async with (
-            AsyncSession(self.read_engine, expire_on_commit=False) as session,
-            session.begin(),
-        ):
-            yield session
+    async def write(self, work: Work[T]) -> T:
+        """Run `work` as a write; returns once it is committed (or raises what it raised)."""
+        return await self._backend.write(work)
+
+    async def read(self, work: Work[T]) -> T:
+        """Run `work` in one consistent read-only snapshot."""
+        return await self._backend.read(work)
 
     async def dispose(self) -> None:
-        await self.write_engine.dispose()
-        if self.dialect == "sqlite":
-            await self.read_engine.dispose()
-
-
-def dialect_of(session: AsyncSession) -> str:
-    """`postgresql` or `sqlite`: the backend a session talks to."""
-    bind = session.bind
-    assert bind is not None, "sessions are always bound to an engine"
-    return bind.dialect.name
-
-
-def affected(result: object) -> int:
-    """Rows changed by an UPDATE/DELETE/INSERT result."""
-    count = getattr(result, "rowcount", 0)
-    return int(count) if isinstance(count, int) else 0
+        await self._backend.dispose()

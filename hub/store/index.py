@@ -1,9 +1,10 @@
 """Writing and reading the search-index rows of resources (`idx_*` tables).
 
 The rows always describe the CURRENT version of a resource: `write_index`
-replaces them on every create and update, `clear_index` drops them on delete.
-`load_chain_targets` reads them back as `IndexValues`, the same shape
-`extract()` produces, so chained subscription matching can use stored targets.
+adds them on create and replaces them on update, `clear_index` drops them on
+delete. One `executemany` per table. `load_chain_targets` reads them back as
+`IndexValues`, the shape `extract()` produces, so chained subscription
+matching can use stored targets.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, false, insert, literal, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, bindparam, delete, false, insert, select, tuple_
 
 from hub.fhir.extract import DateRow, IndexValues, ReferenceRow, StringRow, TokenRow, UriRow
 from hub.fhir.match import Target
+from hub.store.sql import Prepared, Work, execute, execute_many
 from hub.store.tables import (
     DateIndex,
     ReferenceIndex,
@@ -35,13 +36,22 @@ RESOURCES: Table = StoredResource.__table__  # type: ignore[attr-defined]
 
 INDEX_TABLES: tuple[Table, ...] = (TOKEN, STRING, REFERENCE, DATE, URI)
 # The columns of each table that hold one row's values, in `IndexValues` row order.
-_ROW_COLUMNS: dict[str, tuple[str, ...]] = {
+ROW_COLUMNS: dict[str, tuple[str, ...]] = {
     "idx_token": TokenRow._fields,
     "idx_string": StringRow._fields,
     "idx_reference": ReferenceRow._fields,
     "idx_date": DateRow._fields,
     "idx_uri": UriRow._fields,
 }
+_OWNER_COLUMNS = ("resource_pk", "domain", "rtype")
+
+_INSERTS = {
+    table.name: Prepared(insert(table), column_keys=_OWNER_COLUMNS + ROW_COLUMNS[table.name])
+    for table in INDEX_TABLES
+}
+_CLEARS = tuple(
+    Prepared(delete(table).where(table.c.resource_pk == bindparam("pk"))) for table in INDEX_TABLES
+)
 
 
 def _rows_by_table(values: IndexValues) -> Iterable[tuple[Table, Sequence[tuple[Any, ...]]]]:
@@ -52,56 +62,36 @@ def _rows_by_table(values: IndexValues) -> Iterable[tuple[Table, Sequence[tuple[
     )
 
 
-async def clear_index(session: AsyncSession, resource_pk: int) -> None:
+def clear_index(resource_pk: int) -> Work[None]:
     """Remove every index row of a resource (it was deleted, or is being re-indexed)."""
-    connection = await session.connection()
-    if connection.dialect.name == "postgresql":
-        # One round trip: data-modifying CTEs delete from all five tables at once.
-        statement = select(literal(1))
-        for table in INDEX_TABLES:
-            statement = statement.add_cte(
-                delete(table).where(table.c.resource_pk == resource_pk).cte(f"d_{table.name}")
-            )
-        await connection.execute(statement)
-        return
-    for table in INDEX_TABLES:
-        await connection.execute(delete(table).where(table.c.resource_pk == resource_pk))
+    for statement in _CLEARS:
+        yield from execute(statement, {"pk": resource_pk})
 
 
-async def write_index(
-    session: AsyncSession,
-    resource_pk: int,
-    domain: str,
-    rtype: str,
-    values: IndexValues,
-    *,
-    new: bool = False,
-) -> None:
-    """Replace the index rows of a resource with `values` (delete, then bulk insert).
-
-    A `new` resource has no rows yet: skipping the delete saves one statement per
-    index table, a fifth of a create's SQL.
-    """
+def write_index(
+    resource_pk: int, domain: str, rtype: str, values: IndexValues, *, new: bool = False
+) -> Work[None]:
+    """Replace the index rows of a resource with `values`; a `new` one has none to clear."""
     if not new:
-        await clear_index(session, resource_pk)
-    connection = await session.connection()
-    for table, rows in _rows_by_table(values):
-        if not rows:
-            continue
-        columns = _ROW_COLUMNS[table.name]
-        await connection.execute(
-            insert(table),
-            [
-                {"resource_pk": resource_pk, "domain": domain, "rtype": rtype}
-                | dict(zip(columns, row, strict=True))
-                for row in rows
-            ],
-        )
+        yield from clear_index(resource_pk)
+    yield from write_index_rows([(resource_pk, domain, rtype, values)])
 
 
-async def load_chain_targets(
-    session: AsyncSession, domain: str, refs: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], Target]:
+def write_index_rows(owners: Sequence[tuple[int, str, str, IndexValues]]) -> Work[None]:
+    """The index rows of several new resources: one statement per table for all of them."""
+    by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for resource_pk, domain, rtype, values in owners:
+        owner = {"resource_pk": resource_pk, "domain": domain, "rtype": rtype}
+        for table, rows in _rows_by_table(values):
+            columns = ROW_COLUMNS[table.name]
+            by_table[table.name] += (owner | dict(zip(columns, row, strict=True)) for row in rows)
+    for table in INDEX_TABLES:
+        yield from execute_many(_INSERTS[table.name], by_table.get(table.name, ()))
+
+
+def load_chain_targets(
+    domain: str, refs: Iterable[tuple[str, str]]
+) -> Work[dict[tuple[str, str], Target]]:
     """The current, non-deleted resources `(type, id)` of `domain`: index values and origin.
 
     For `hub.fhir.match.matches`, so that a chain in a Subscription's criteria is
@@ -111,34 +101,34 @@ async def load_chain_targets(
     wanted = sorted(set(refs))
     if not wanted:
         return {}
-    connection = await session.connection()
-    found = await connection.execute(
+    found = yield from execute(
         select(RESOURCES.c.pk, RESOURCES.c.rtype, RESOURCES.c.id, RESOURCES.c.origin).where(
             RESOURCES.c.domain == domain,
             RESOURCES.c.deleted == false(),
             tuple_(RESOURCES.c.rtype, RESOURCES.c.id).in_(wanted),
         )
     )
-    identity = {pk: ((rtype, id_), origin) for pk, rtype, id_, origin in found.all()}
+    identity = {pk: ((rtype, id_), origin) for pk, rtype, id_, origin in found.rows}
     if not identity:
         return {}
     collected: dict[int, dict[str, list[tuple[Any, ...]]]] = defaultdict(lambda: defaultdict(list))
     for table in INDEX_TABLES:
-        columns = [table.c[name] for name in _ROW_COLUMNS[table.name]]
-        rows = await connection.execute(
+        columns = [table.c[name] for name in ROW_COLUMNS[table.name]]
+        rows = yield from execute(
             select(table.c.resource_pk, *columns)
             .where(table.c.resource_pk.in_(list(identity)))
             .order_by(table.c.pk)
         )
-        for resource_pk, *row in rows.all():
+        for resource_pk, *row in rows.rows:
             collected[resource_pk][table.name].append(tuple(row))
     return {
-        ref: Target(_values(collected.get(pk, {})), origin)
+        ref: Target(index_values(collected.get(pk, {})), origin)
         for pk, (ref, origin) in identity.items()
     }
 
 
-def _values(rows: dict[str, list[tuple[Any, ...]]]) -> IndexValues:
+def index_values(rows: dict[str, list[tuple[Any, ...]]]) -> IndexValues:
+    """`IndexValues` from stored rows by table name (their value columns only)."""
     return IndexValues(
         tokens=tuple(TokenRow(*row) for row in rows.get("idx_token", ())),
         strings=tuple(StringRow(*row) for row in rows.get("idx_string", ())),

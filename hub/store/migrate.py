@@ -7,16 +7,18 @@ several processes starting at once take turns instead of racing.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from hub.store.db import Database
+from hub.store.sql import Work, execute
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # An arbitrary constant that names "the hub's migration lock" among advisory locks.
@@ -40,16 +42,37 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(alembic_config(connection), "head")
 
 
-def _current(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+def _upgrade_sqlite(path: str) -> None:
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as connection:
+            _upgrade(connection)
+    finally:
+        engine.dispose()
 
 
 async def upgrade(database: Database) -> None:
-    """Bring the schema to the newest revision (a no-op when it is current)."""
-    async with database.write_engine.begin() as connection:
-        await connection.run_sync(_upgrade)
+    """Bring the schema to the newest revision (a no-op when it is current).
+
+    Alembic runs on its own short-lived SQLAlchemy engine; the hub's units of work
+    never go through SQLAlchemy's engine layer.
+    """
+    if database.is_postgres:
+        engine = create_async_engine(database.url)
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(_upgrade)
+        finally:
+            await engine.dispose()
+    else:
+        await asyncio.to_thread(_upgrade_sqlite, database.sqlite_path)
+
+
+def _revision() -> Work[str | None]:
+    found = yield from execute(text("SELECT version_num FROM alembic_version"))
+    return None if found.scalar() is None else str(found.scalar())
 
 
 async def current_revision(database: Database) -> str | None:
-    async with database.read_engine.connect() as connection:
-        return await connection.run_sync(_current)
+    """The schema's revision (fails when the database cannot be reached)."""
+    return await database.read(_revision())

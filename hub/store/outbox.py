@@ -1,6 +1,6 @@
 """The durable delivery queue (transactional outbox).
 
-Rows are written in the transaction of the write that causes them, so a
+Rows are written in the unit of work of the write that causes them, so a
 committed write always has its notifications queued and a rolled-back one
 never does. Workers claim due rows atomically with a lease; a row whose worker
 died comes back when the lease runs out (at-least-once delivery).
@@ -9,128 +9,196 @@ died comes back when the lease runs out (at-least-once delivery).
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, case, delete, func, or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 
-from hub.store.db import affected, dialect_of
+from hub.store.sql import Prepared, Work, dialect, execute, execute_many
 from hub.store.tables import OutboxRow
+
+OUTBOX: Table = OutboxRow.__table__  # type: ignore[attr-defined]
 
 PENDING = "pending"
 GAVE_UP = "gave-up"  # retries exhausted; kept for the operator
+CHANNEL = "hub_outbox"  # the PostgreSQL NOTIFY channel that wakes dispatchers
 
 
-def _trigger(
-    domain: str,
-    resource_type: str,
-    resource_id: str,
-    version_id: int,
-    source_device: str | None,
-    request_id: str,
-    trace_id: str,
-    now: datetime,
-) -> dict[str, Any]:
-    """The columns every row shares: what changed, who caused it, and its trace; due now."""
-    return {
-        "domain": domain,
-        "resource_type": resource_type,
-        "resource_id": resource_id,
-        "version_id": version_id,
-        "source_device": source_device,
-        "request_id": request_id,
-        "trace_id": trace_id,
-        "next_attempt_at": now,
-        "created_at": now,
-    }
+class Entry(NamedTuple):
+    """A row of the outbox, in column order."""
+
+    pk: int
+    domain: str
+    channel: str
+    subscription_id: str | None
+    resource_type: str
+    resource_id: str
+    version_id: int
+    source_device: str | None
+    request_id: str
+    trace_id: str
+    recipient: str | None
+    kind: str | None
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    first_attempt_at: datetime | None
+    lease_owner: str | None
+    lease_until: datetime | None
+    last_error: str | None
+    created_at: datetime
 
 
-async def enqueue_webhook(
-    session: AsyncSession,
-    *,
-    domain: str,
-    subscription_id: str,
-    resource_type: str,
-    resource_id: str,
-    version_id: int,
-    source_device: str | None,
-    request_id: str,
-    trace_id: str,
-    now: datetime,
-) -> None:
-    """Queue a notification, or fold it into one for the same resource not yet tried.
+@dataclass(frozen=True)
+class Trigger:
+    """What every row of one write shares: what changed, who caused it, its trace; due `now`."""
 
-    A receiver reacts to a notification by searching, so two notifications for
-    one resource that are both still waiting carry no more news than one: the
-    waiting row takes the newer version and the newer trigger's trace ids.
+    domain: str
+    resource_type: str
+    resource_id: str
+    version_id: int
+    source_device: str | None
+    request_id: str
+    trace_id: str
+    now: datetime
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain,
+            "resource_type": self.resource_type,
+            "resource_id": self.resource_id,
+            "version_id": self.version_id,
+            "source_device": self.source_device,
+            "request_id": self.request_id,
+            "trace_id": self.trace_id,
+            "next_attempt_at": self.now,
+            "created_at": self.now,
+        }
+
+
+_COLUMNS = (
+    "domain", "resource_type", "resource_id", "version_id", "source_device", "request_id",
+    "trace_id", "next_attempt_at", "created_at", "channel", "subscription_id", "recipient",
+    "kind", "state", "attempts",
+)  # fmt: skip
+_INSERT = Prepared(insert(OUTBOX), column_keys=_COLUMNS)
+# A receiver reacts to a notification by searching, so two notifications for one
+# resource that are both still waiting carry no more news than one: the waiting
+# row takes the newer version and the newer trigger's trace ids.
+_COALESCE = Prepared(
+    update(OUTBOX)
+    .where(
+        OUTBOX.c.subscription_id == bindparam("subscription"),
+        OUTBOX.c.resource_type == bindparam("rtype"),
+        OUTBOX.c.resource_id == bindparam("rid"),
+        OUTBOX.c.state == PENDING,
+        OUTBOX.c.domain == bindparam("dom"),
+        OUTBOX.c.attempts == 0,
+        OUTBOX.c.lease_owner.is_(None),
+    )
+    .values(
+        version_id=bindparam("new_version"),
+        source_device=bindparam("new_source"),
+        request_id=bindparam("new_request"),
+        trace_id=bindparam("new_trace"),
+    )
+)
+_OWNED = (OUTBOX.c.pk == bindparam("row_pk"), OUTBOX.c.lease_owner == bindparam("owner"))
+_COMPLETE = Prepared(delete(OUTBOX).where(*_OWNED))
+_RENEW = Prepared(update(OUTBOX).where(*_OWNED).values(lease_until=bindparam("until")))
+
+
+def _row(trigger: Trigger, **fields: Any) -> dict[str, Any]:
+    return (
+        trigger.columns()
+        | {
+            "subscription_id": None,
+            "recipient": None,
+            "kind": None,
+            "state": PENDING,
+            "attempts": 0,
+        }
+        | fields
+    )
+
+
+def enqueue_webhooks(trigger: Trigger, subscription_ids: Sequence[str]) -> Work[int]:
+    """Queue a notification per Subscription (one statement), folding into waiting ones.
+
+    A version 1 is new: no row of it can be waiting, so no coalescing is tried.
     """
-    # A create's id is new: no row of it can be waiting, so skip the UPDATE.
-    if version_id > 1:
-        coalesced = await session.execute(
-            update(OutboxRow)
-            .where(
-                col(OutboxRow.subscription_id) == subscription_id,
-                col(OutboxRow.resource_type) == resource_type,
-                col(OutboxRow.resource_id) == resource_id,
-                col(OutboxRow.state) == PENDING,
-                col(OutboxRow.domain) == domain,
-                col(OutboxRow.attempts) == 0,
-                col(OutboxRow.lease_owner).is_(None),
+    fresh = list(subscription_ids)
+    if trigger.version_id > 1:
+        fresh = []
+        for subscription_id in subscription_ids:
+            coalesced = yield from execute(
+                _COALESCE,
+                {
+                    "subscription": subscription_id,
+                    "rtype": trigger.resource_type,
+                    "rid": trigger.resource_id,
+                    "dom": trigger.domain,
+                    "new_version": trigger.version_id,
+                    "new_source": trigger.source_device,
+                    "new_request": trigger.request_id,
+                    "new_trace": trigger.trace_id,
+                },
             )
-            .values(
-                version_id=version_id,
-                source_device=source_device,
-                request_id=request_id,
-                trace_id=trace_id,
+            if not coalesced.rowcount:
+                fresh.append(subscription_id)
+    yield from execute_many(
+        _INSERT,
+        [_row(trigger, channel="rest-hook", subscription_id=sid) for sid in fresh],
+    )
+    return len(subscription_ids)
+
+
+def enqueue_email(trigger: Trigger, *, recipient: str, kind: str) -> Work[None]:
+    """Queue a patient e-mail (a notice or an invitation)."""
+    yield from execute(_INSERT, _row(trigger, channel="email", recipient=recipient, kind=kind))
+
+
+def announce() -> Work[None]:
+    """Wake the dispatchers of every process when this transaction commits (PostgreSQL).
+
+    NOTIFY is transactional: it is delivered at commit and dropped on rollback, so
+    no dispatcher looks for rows that do not exist yet. On SQLite the in-process
+    wake-up covers it.
+    """
+    if (yield from dialect()) == "postgresql":
+        yield from execute(text(f"NOTIFY {CHANNEL}"))
+
+
+def _not_skipped(
+    skip_rows: Collection[int], skip_subscriptions: Collection[str]
+) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if skip_rows:
+        conditions.append(OUTBOX.c.pk.not_in(sorted(skip_rows)))
+    if skip_subscriptions:
+        conditions.append(
+            or_(
+                OUTBOX.c.subscription_id.is_(None),
+                OUTBOX.c.subscription_id.not_in(sorted(skip_subscriptions)),
             )
         )
-        if affected(coalesced):
-            return
-    session.add(
-        OutboxRow(
-            channel="rest-hook",
-            subscription_id=subscription_id,
-            **_trigger(
-                domain,
-                resource_type,
-                resource_id,
-                version_id,
-                source_device,
-                request_id,
-                trace_id,
-                now,
-            ),
-        )
-    )
+    return conditions
 
 
-def email_row(
-    *,
-    domain: str,
-    resource_type: str,
-    resource_id: str,
-    version_id: int,
-    source_device: str | None,
-    request_id: str,
-    trace_id: str,
-    recipient: str,
-    kind: str,
-    now: datetime,
-) -> OutboxRow:
-    return OutboxRow(
-        channel="email",
-        recipient=recipient,
-        kind=kind,
-        **_trigger(
-            domain, resource_type, resource_id, version_id, source_device, request_id, trace_id, now
-        ),
-    )
-
-
-async def claim(
-    session: AsyncSession,
+def claim(
     *,
     owner: str,
     now: datetime,
@@ -138,7 +206,7 @@ async def claim(
     limit: int,
     skip_rows: Collection[int] = (),
     skip_subscriptions: Collection[str] = (),
-) -> Sequence[OutboxRow]:
+) -> Work[list[Entry]]:
     """Lease up to `limit` due rows to `owner`; no two workers ever hold one row at once.
 
     `skip_rows` are rows `owner` is delivering already: their lease may have run out
@@ -147,62 +215,47 @@ async def claim(
     only wait.
     """
     due = (
-        select(col(OutboxRow.pk))
+        select(OUTBOX.c.pk)
         .where(
-            col(OutboxRow.state) == PENDING,
-            col(OutboxRow.next_attempt_at) <= now,
-            or_(col(OutboxRow.lease_until).is_(None), col(OutboxRow.lease_until) < now),
+            OUTBOX.c.state == PENDING,
+            OUTBOX.c.next_attempt_at <= now,
+            or_(OUTBOX.c.lease_until.is_(None), OUTBOX.c.lease_until < now),
             *_not_skipped(skip_rows, skip_subscriptions),
         )
-        .order_by(col(OutboxRow.next_attempt_at))
+        .order_by(OUTBOX.c.next_attempt_at)
         .limit(limit)
     )
-    if dialect_of(session) == "postgresql":
+    if (yield from dialect()) == "postgresql":
         # Concurrent claimers skip each other's candidate rows instead of queueing on them.
         due = due.with_for_update(skip_locked=True)
-    statement = (
-        update(OutboxRow)
-        .where(col(OutboxRow.pk).in_(due.scalar_subquery()))
+    claimed = yield from execute(
+        update(OUTBOX)
+        .where(OUTBOX.c.pk.in_(due.scalar_subquery()))
         .values(lease_owner=owner, lease_until=now + lease)
-        .returning(OutboxRow)
+        .returning(*OUTBOX.c)
     )
-    result = await session.execute(statement.execution_options(synchronize_session=False))
-    return result.scalars().all()
+    return sorted((Entry(*row) for row in claimed.rows), key=lambda e: (e.next_attempt_at, e.pk))
 
 
-def _not_skipped(
-    skip_rows: Collection[int], skip_subscriptions: Collection[str]
-) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    if skip_rows:
-        conditions.append(col(OutboxRow.pk).not_in(skip_rows))
-    if skip_subscriptions:
-        conditions.append(
-            or_(
-                col(OutboxRow.subscription_id).is_(None),
-                col(OutboxRow.subscription_id).not_in(skip_subscriptions),
-            )
-        )
-    return conditions
-
-
-async def complete(session: AsyncSession, row: OutboxRow, *, owner: str) -> bool:
+def complete(row: Entry, *, owner: str) -> Work[bool]:
     """Remove a delivered row; False if the lease was lost (another worker took it over)."""
-    result = await session.execute(
-        delete(OutboxRow).where(col(OutboxRow.pk) == row.pk, col(OutboxRow.lease_owner) == owner)
-    )
-    return bool(affected(result))
+    done = yield from execute(_COMPLETE, {"row_pk": row.pk, "owner": owner})
+    return done.rowcount == 1
 
 
-async def reschedule(
-    session: AsyncSession,
-    row: OutboxRow,
+def drop(row: Entry, *, owner: str) -> Work[bool]:
+    """Discard a row that must not be sent (subscription gone or off, permission lost)."""
+    return (yield from complete(row, owner=owner))
+
+
+def reschedule(
+    row: Entry,
     *,
     owner: str,
     next_attempt_at: datetime | None,
     error: str,
     now: datetime,
-) -> bool:
+) -> Work[bool]:
     """Record a failed attempt: retry at `next_attempt_at`, or give up when it is None."""
     values: dict[str, object] = {
         "attempts": row.attempts + 1,
@@ -215,66 +268,50 @@ async def reschedule(
         values["state"] = GAVE_UP
     else:
         values["next_attempt_at"] = next_attempt_at
-    result = await session.execute(
-        update(OutboxRow)
-        .where(col(OutboxRow.pk) == row.pk, col(OutboxRow.lease_owner) == owner)
-        .values(**values)
-        .execution_options(synchronize_session=False)
+    changed = yield from execute(
+        update(OUTBOX).where(OUTBOX.c.pk == row.pk, OUTBOX.c.lease_owner == owner).values(**values)
     )
-    return bool(affected(result))
+    return changed.rowcount == 1
 
 
-async def drop(session: AsyncSession, row: OutboxRow, *, owner: str) -> None:
-    """Discard a row that must not be sent (subscription gone or off, permission lost)."""
-    await session.execute(
-        delete(OutboxRow).where(col(OutboxRow.pk) == row.pk, col(OutboxRow.lease_owner) == owner)
-    )
+def renew(row: Entry, *, owner: str, until: datetime) -> Work[bool]:
+    """Extend `owner`'s lease on `row`; False when the lease was lost meanwhile."""
+    renewed = yield from execute(_RENEW, {"row_pk": row.pk, "owner": owner, "until": until})
+    return renewed.rowcount == 1
 
 
-CHANNEL = "hub_outbox"
-
-
-async def announce(session: AsyncSession) -> None:
-    """Wake the dispatchers of every process when this transaction commits (PostgreSQL).
-
-    NOTIFY is transactional: it is delivered at commit and dropped on rollback, so
-    no dispatcher looks for rows that do not exist yet. SQLite has one process
-    per database in practice; the in-process wake-up covers it.
-    """
-    if dialect_of(session) == "postgresql":
-        await session.execute(text(f"NOTIFY {CHANNEL}"))
-
-
-async def next_due(
-    session: AsyncSession,
-    *,
-    skip_rows: Collection[int] = (),
-    skip_subscriptions: Collection[str] = (),
-) -> datetime | None:
+def next_due(
+    *, skip_rows: Collection[int] = (), skip_subscriptions: Collection[str] = ()
+) -> Work[datetime | None]:
     """When the earliest pending row can next be claimed (the dispatcher sleeps until then).
 
     A leased row becomes claimable when its lease runs out, not before. The rows
     `claim` is told to skip do not count: waking for them would claim nothing.
     """
     claimable_at = case(
-        (col(OutboxRow.lease_until) > col(OutboxRow.next_attempt_at), col(OutboxRow.lease_until)),
-        else_=col(OutboxRow.next_attempt_at),
+        (OUTBOX.c.lease_until > OUTBOX.c.next_attempt_at, OUTBOX.c.lease_until),
+        else_=OUTBOX.c.next_attempt_at,
     )
-    statement = select(func.min(claimable_at)).where(
-        col(OutboxRow.state) == PENDING, *_not_skipped(skip_rows, skip_subscriptions)
+    found = yield from execute(
+        select(func.min(claimable_at).label("due")).where(
+            OUTBOX.c.state == PENDING, *_not_skipped(skip_rows, skip_subscriptions)
+        )
     )
-    due: datetime | None = (await session.execute(statement)).scalar_one_or_none()
-    return due
+    due = found.scalar()
+    if isinstance(due, str):  # SQLite: MIN over a CASE has no declared type
+        return datetime.fromisoformat(due)
+    return due if isinstance(due, datetime) else None
 
 
-async def renew(session: AsyncSession, row: OutboxRow, *, owner: str, until: datetime) -> bool:
-    """Extend `owner`'s lease on `row`; False when the lease was lost meanwhile."""
-    result = await session.execute(
-        update(OutboxRow)
-        .where(col(OutboxRow.pk) == row.pk, col(OutboxRow.lease_owner) == owner)
-        .values(lease_until=until)
-        .execution_options(synchronize_session=False)
-    )
-    if affected(result):
-        row.lease_until = until
-    return bool(affected(result))
+def entries(*, state: str | None = None) -> Work[list[Entry]]:
+    """Every row (of one state), oldest first: for operators, tests and the benchmark."""
+    statement = select(*OUTBOX.c).order_by(OUTBOX.c.pk)
+    if state is not None:
+        statement = statement.where(OUTBOX.c.state == state)
+    found = yield from execute(statement)
+    return [Entry(*row) for row in found.rows]
+
+
+def pending_count() -> Work[int]:
+    found = yield from execute(select(func.count()).where(OUTBOX.c.state == PENDING))
+    return int(found.scalar() or 0)

@@ -46,7 +46,6 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.fhir.extract import normalize
 from hub.fhir.match import OriginsOf, unrestricted
@@ -63,7 +62,8 @@ from hub.fhir.query import (
     Value,
 )
 from hub.store.index import DATE, REFERENCE, RESOURCES, STRING, TOKEN, URI
-from hub.store.tables import StoredResource
+from hub.store.resources import StoredRow
+from hub.store.sql import Row, Work, execute
 
 # Types whose default order is newest first.
 _NEWEST_FIRST = frozenset({"AuditEvent"})
@@ -74,7 +74,7 @@ _TABLES: dict[str, Table] = {
 
 @dataclass(frozen=True)
 class SearchPage:
-    rows: list[StoredResource]
+    rows: list[StoredRow]
     total: int | None
     next_cursor: str | None
     previous_cursor: str | None
@@ -405,15 +405,14 @@ def _nothing(_rtype: str) -> frozenset[str]:
     return frozenset()
 
 
-async def search(
-    session: AsyncSession,
+def search(
     *,
     domain: str,
     query: Query,
     allowed_origins: frozenset[str] | None,
     page_size: int,
     target_origins: OriginsOf | None = None,
-) -> SearchPage:
+) -> Work[SearchPage]:
     """One page of the resources of `domain` that match `query`.
 
     `allowed_origins` narrows to resources whose resource-origin Device is in
@@ -425,12 +424,11 @@ async def search(
     """
     if target_origins is None:
         target_origins = unrestricted if allowed_origins is None else _nothing
-    connection = await session.connection()
     filters = _filters(query, domain, allowed_origins, target_origins)
     total = None
     if query.total != "none" or query.summary == "count":
         counted = select(func.count()).select_from(RESOURCES).where(*filters)
-        total = (await connection.execute(counted)).scalar_one()
+        total = int((yield from execute(counted)).scalar())
     if query.summary == "count" or page_size <= 0:
         return SearchPage([], total, None, None)
     keys = _sort_keys(query, domain)
@@ -444,19 +442,18 @@ async def search(
     if bounds is not None:
         statement = statement.where(_beyond(keys, bounds, backwards))
     statement = statement.order_by(*(_order(key, backwards) for key in keys))
-    result = await connection.execute(statement.limit(page_size + 1))
-    fetched = list(result.mappings())
+    fetched = (yield from execute(statement.limit(page_size + 1))).rows
     more = len(fetched) > page_size
     fetched = fetched[:page_size]
     if backwards:
         fetched.reverse()
-    columns = [column.key for column in RESOURCES.c]
-    rows = [StoredResource(**{name: row[name] for name in columns}) for row in fetched]
+    width = len(RESOURCES.c)
+    rows = [StoredRow(*row[:width]) for row in fetched]
     if not fetched:
         return SearchPage(rows, total, None, None)
 
-    def boundary(row: Any) -> list[Any]:
-        return [row[f"sort_{i}"] for i in range(len(keys))]
+    def boundary(row: Row) -> list[Any]:
+        return list(row[width:])
 
     has_next = more if not backwards else True
     has_previous = more if backwards else bounds is not None

@@ -269,8 +269,7 @@ async def test_a_replay_is_refused_through_the_database(
     database: Database, demo: Domain, rsa_key: RSAKey, ec_key: ECKey
 ) -> None:
     async def remember(client_id: str, jti: str, expires_at: datetime) -> bool:
-        async with database.write() as session:
-            return await remember_jti(session, "demo", client_id, jti, expires_at)
+        return await database.write(remember_jti("demo", client_id, jti, expires_at))
 
     token = signed(rsa_key, claims_for(jti="once"))
     assert (await verify(token, demo, remember=remember)).client_id == "epd"

@@ -21,11 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from hub.fhir import jsonio
-from hub.fhir.extract import extract
 from hub.fhir.origin import with_origin
 from hub.fhir.search_params import SUPPORTED_TYPES
-from hub.fhir.stamp import stamp
 from hub.runtime import utcnow
 from hub.store import resources
 from hub.store.db import Database
@@ -75,22 +72,17 @@ class Seeder:
             assert response.status_code == 201, response.text
             created: dict[str, Any] = response.json()
             return created
-        now = utcnow()
-        resource = stamp(
-            with_origin(body, origin), id=str(uuid.uuid4()), version_id=1, last_updated=now
+        new = resources.prepare(
+            "test",
+            with_origin(body, origin),
+            id=str(uuid.uuid4()),
+            version_id=1,
+            now=utcnow(),
+            origin=origin,
+            method="POST",
         )
-        async with self.database.write() as session:
-            await resources.insert(
-                session,
-                domain="test",
-                rtype=rtype,
-                id=resource["id"],
-                content=jsonio.dumps(resource),
-                last_updated=now,
-                origin=origin,
-                values=extract(resource),
-            )
-        return resource
+        await self.database.write(resources.write(new, previous=None))
+        return dict(new.resource)
 
     async def close(self) -> None:
         await self.database.dispose()

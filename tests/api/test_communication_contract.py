@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlmodel import col
 
 from examples.mailcatcher import MailCatcher
 from hub.rules import filetypes
 from hub.rules.bsn import BSN_SYSTEM
+from hub.store import outbox
 from hub.store.db import Database
-from hub.store.tables import OutboxRow, StoredResource
+from hub.store.resources import RESOURCES, VERSIONS
+from hub.store.sql import Work, execute
 from tests.api.common import expressions, fixture, origin_of, outcome
 from tests.rules.samples import (
     EXE_BYTES,
@@ -399,20 +400,23 @@ async def test_the_xis_may_not_change_a_notification_it_sent(module_hub: HubServ
 # -- a refused request leaves no trace but its AuditEvent -------------------------------
 
 
+def _counts() -> Work[tuple[int, int]]:
+    stored = yield from execute(
+        select(func.count())
+        .select_from(VERSIONS.join(RESOURCES, VERSIONS.c.resource_pk == RESOURCES.c.pk))
+        .where(RESOURCES.c.rtype == "Communication")
+    )
+    queued = yield from outbox.entries()
+    return int(stored.scalar()), len(queued)
+
+
 async def counts(database_url: str) -> tuple[int, int]:
     """(Communication versions stored, outbox rows of any kind)."""
-    database = Database(database_url)
+    database = Database(database_url, pool_size=1)
     try:
-        async with database.read() as session:
-            stored = await session.scalar(
-                select(func.count())
-                .select_from(StoredResource)
-                .where(col(StoredResource.rtype) == "Communication")
-            )
-            queued = await session.scalar(select(func.count()).select_from(OutboxRow))
+        return await database.read(_counts())
     finally:
         await database.dispose()
-    return int(stored or 0), int(queued or 0)
 
 
 async def test_a_refused_notification_leaves_nothing_but_its_audit_event(

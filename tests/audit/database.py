@@ -17,18 +17,25 @@ from typing import Any
 from sqlalchemy import text
 
 from hub.store.db import Database
+from hub.store.sql import Work, execute
 from tests.support.hub import HubServer
+
+
+def _statement(statement: str, params: Mapping[str, Any]) -> Work[Sequence[Any]]:
+    result = yield from execute(text(statement), params)
+    return result.rows
 
 
 async def sql(
     database_url: str, statement: str, params: Mapping[str, Any] | None = None
 ) -> Sequence[Any]:
-    """Run one statement in its own committed transaction; the rows it returns, if any."""
-    database = Database(database_url)
+    """Run one statement in its own committed transaction; the rows it returns, if any.
+
+    Plain SQL with `:name` parameters, untyped: values reach the driver as they are.
+    """
+    database = Database(database_url, pool_size=1)
     try:
-        async with database.write() as session:
-            result = await session.execute(text(statement), dict(params or {}))
-            return result.all() if statement.lstrip().upper().startswith("SELECT") else []
+        return await database.write(_statement(statement, dict(params or {})))
     finally:
         await database.dispose()
 

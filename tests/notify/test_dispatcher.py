@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from hub.runtime import utcnow
+from hub.store import outbox
 from hub.store.db import Database
-from hub.store.tables import OutboxRow
+from hub.store.outbox import Entry, Trigger
+from hub.store.sql import Work
 from tests.support.https_receiver import HttpsReceiver, LocalCA
 from tests.support.hub import AppKeys, HubServer
 from tests.support.subscriptions import (
@@ -133,25 +135,29 @@ async def leave_orphan(
     database_url: str, subscription_id: str, patient_id: str, request_id: str
 ) -> None:
     now = utcnow()
+    trigger = Trigger(
+        domain="test",
+        resource_type="Patient",
+        resource_id=patient_id,
+        version_id=1,
+        source_device="xis",
+        request_id=request_id,
+        trace_id=request_id,
+        now=now,
+    )
+
+    def orphan() -> Work[list[Entry]]:
+        # Queued and leased in one unit: the hub's own dispatcher never sees it unleased.
+        yield from outbox.enqueue_webhooks(trigger, [subscription_id])
+        return (
+            yield from outbox.claim(
+                owner="dead-host:1", now=now, lease=timedelta(seconds=2), limit=1
+            )
+        )
+
     database = Database(database_url)
     try:
-        async with database.write() as session:
-            session.add(
-                OutboxRow(
-                    domain="test",
-                    channel="rest-hook",
-                    subscription_id=subscription_id,
-                    resource_type="Patient",
-                    resource_id=patient_id,
-                    version_id=1,
-                    source_device="xis",
-                    request_id=request_id,
-                    trace_id=request_id,
-                    next_attempt_at=now,
-                    created_at=now,
-                    lease_owner="dead-host:1",
-                    lease_until=now + timedelta(seconds=2),
-                )
-            )
+        [row] = await database.write(orphan())
     finally:
         await database.dispose()
+    assert (row.request_id, row.lease_owner) == (request_id, "dead-host:1")

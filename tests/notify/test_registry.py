@@ -2,7 +2,7 @@
 
 Each test stores Subscriptions in a real database (both backends) as the write path
 does: the resource, its index rows, and a bump of the domain's generation in the same
-transaction. Two `SubscriptionIndex` instances stand for two hub processes.
+unit of work. Two `SubscriptionIndex` instances stand for two hub processes.
 """
 
 from __future__ import annotations
@@ -10,18 +10,22 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from hub.fhir import jsonio
 from hub.fhir.extract import extract
 from hub.fhir.origin import with_origin
 from hub.fhir.stamp import stamp
-from hub.notify.registry import SubscriptionIndex, bump_generation
+from hub.notify.registry import SubscriptionIndex
 from hub.runtime import utcnow
 from hub.store import resources
 from hub.store.db import Database
+from hub.store.sql import Work
+from hub.store.subscriptions import bump_generation
 
 
 def _subscription(id: str, criteria: str, **elements: Any) -> dict[str, Any]:
-    resource = {
+    return {
         "resourceType": "Subscription",
         "status": "active",
         "reason": "test",
@@ -29,57 +33,68 @@ def _subscription(id: str, criteria: str, **elements: Any) -> dict[str, Any]:
         "channel": {"type": "rest-hook", "endpoint": f"https://receiver.example/{id}"},
         **elements,
     }
-    return stamp(with_origin(resource, "xis"), id=id, version_id=1, last_updated=utcnow())
+
+
+def _create(domain: str, id: str, resource: dict[str, Any]) -> Work[None]:
+    new = resources.prepare(
+        domain,
+        with_origin(resource, "xis"),
+        id=id,
+        version_id=1,
+        now=utcnow(),
+        origin="xis",
+        method="POST",
+    )
+    yield from resources.write(new, previous=None)
 
 
 async def store(
     database: Database, id: str, criteria: str, *, domain: str = "test", **elements: Any
 ) -> None:
-    resource = _subscription(id, criteria, **elements)
-    async with database.write() as session:
-        await resources.insert(
-            session,
-            domain=domain,
-            rtype="Subscription",
-            id=id,
-            content=jsonio.dumps(resource),
-            last_updated=utcnow(),
-            origin="xis",
-            values=extract(resource),
-        )
-        await bump_generation(session, domain)
+    """Store a Subscription as the write path does: resource and generation bump in one unit."""
+
+    def unit() -> Work[None]:
+        yield from _create(domain, id, _subscription(id, criteria, **elements))
+        yield from bump_generation(domain)
+
+    await database.write(unit())
 
 
 async def change(database: Database, id: str, *, bump: bool = True, **elements: Any) -> None:
-    async with database.write() as session:
-        row = await resources.current(session, "test", "Subscription", id, for_update=True)
+    def unit() -> Work[None]:
+        row = yield from resources.current("test", "Subscription", id, for_update=True)
         assert row is not None
-        resource = jsonio.loads(row.content) | elements
-        await resources.replace(
-            session,
-            row,
-            content=jsonio.dumps(resource),
-            last_updated=utcnow(),
-            values=extract(resource),
+        new = resources.prepare(
+            "test",
+            jsonio.loads(row.content) | elements,
+            id=id,
+            version_id=row.version_id + 1,
+            now=utcnow(),
+            origin=row.origin,
+            method="PUT",
         )
+        yield from resources.write(new, previous=row)
         if bump:
-            await bump_generation(session, "test")
+            yield from bump_generation("test")
+
+    await database.write(unit())
 
 
 async def remove(database: Database, id: str) -> None:
-    async with database.write() as session:
-        row = await resources.current(session, "test", "Subscription", id, for_update=True)
+    def unit() -> Work[None]:
+        row = yield from resources.current("test", "Subscription", id, for_update=True)
         assert row is not None
-        await resources.delete(session, row, last_updated=utcnow())
-        await bump_generation(session, "test")
+        yield from resources.delete(row, now=utcnow())
+        yield from bump_generation("test")
+
+    await database.write(unit())
 
 
 async def candidates(
     index: SubscriptionIndex, database: Database, resource: dict[str, Any], domain: str = "test"
 ) -> set[str]:
     """The ids a write of `resource` would be matched against, as the write path asks."""
-    async with database.read() as session:
-        await index.ensure_current(session, domain)
+    await database.read(index.ensure_current(domain))
     stamped = stamp(resource, id="r1", version_id=1, last_updated=utcnow())
     found = index.candidates(domain, resource["resourceType"], extract(stamped), utcnow())
     return {subscription.id for subscription in found}
@@ -158,26 +173,18 @@ async def test_an_index_loaded_in_a_rolled_back_transaction_is_not_taken_for_cur
     await store(database, "s0", "Patient")
     here, elsewhere = SubscriptionIndex(), SubscriptionIndex()
     assert await candidates(here, database, PATIENT_F) == {"s0"}
-    # "here" adds a subscription and matches a write against it in the same transaction,
-    # as the write path does, and then the transaction rolls back...
-    try:
-        async with database.write() as session:
-            phantom = _subscription("phantom", "Patient")
-            await resources.insert(
-                session,
-                domain="test",
-                rtype="Subscription",
-                id="phantom",
-                content=jsonio.dumps(phantom),
-                last_updated=utcnow(),
-                origin="xis",
-                values=extract(phantom),
-            )
-            await bump_generation(session, "test")
-            await here.ensure_current(session, "test")
-            raise _RolledBack
-    except _RolledBack:
-        pass
+
+    # "here" adds a subscription and matches a write against it in the same unit, as the
+    # write path does, and then the unit fails and is rolled back...
+    def unit() -> Work[None]:
+        yield from _create("test", "phantom", _subscription("phantom", "Patient"))
+        yield from bump_generation("test")
+        yield from here.ensure_current("test")
+        assert here.get("test", "phantom") is not None
+        raise _RolledBack
+
+    with pytest.raises(_RolledBack):
+        await database.write(unit())
     # ...while another process commits its own change.
     assert await candidates(elsewhere, database, PATIENT_F) == {"s0"}
     await store(database, "real", "Patient")

@@ -4,78 +4,130 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
+
 from hub.fhir import jsonio
-from hub.fhir.extract import extract
 from hub.fhir.query import parse_search
-from hub.fhir.stamp import stamp
 from hub.store import resources
 from hub.store.db import Database
+from hub.store.resources import StoredRow, VersionConflict
 from hub.store.search import search
+from hub.store.sql import Conflict, Work
 
 T0 = datetime(2026, 11, 22, 9, 0, 0)
 
 
-def _patient(family: str, version: int, at: datetime) -> dict[str, object]:
-    return stamp(
-        {"resourceType": "Patient", "name": [{"family": family}]},
-        id="p1",
-        version_id=version,
-        last_updated=at,
-    )
+def _patient(family: str) -> dict[str, object]:
+    return {"resourceType": "Patient", "name": [{"family": family}]}
 
 
 async def _found(database: Database, family: str) -> list[str]:
-    async with database.read() as session:
-        page = await search(
-            session,
+    page = await database.read(
+        search(
             domain="d",
             query=parse_search("Patient", [("family", family)]),
             allowed_origins=None,
             page_size=10,
         )
+    )
     return [row.id for row in page.rows]
 
 
+def _update(family: str, at: datetime) -> Work[StoredRow]:
+    row = yield from resources.current("d", "Patient", "p1", for_update=True)
+    assert row is not None
+    new = resources.prepare(
+        "d", _patient(family), id="p1", version_id=row.version_id + 1, now=at, origin=row.origin,
+        method="PUT",
+    )  # fmt: skip
+    return (yield from resources.write(new, previous=row))
+
+
+def _delete(at: datetime) -> Work[StoredRow]:
+    row = yield from resources.current("d", "Patient", "p1", for_update=True)
+    assert row is not None
+    return (yield from resources.delete(row, now=at))
+
+
 async def test_versions_history_and_delete(database: Database) -> None:
-    first = _patient("Jansen", 1, T0)
-    async with database.write() as session:
-        await resources.insert(
-            session, domain="d", rtype="Patient", id="p1", content=jsonio.dumps(first),
-            last_updated=T0, origin="xis", values=extract(first),
-        )  # fmt: skip
+    first = resources.prepare(
+        "d", _patient("Jansen"), id="p1", version_id=1, now=T0, origin="xis", method="POST"
+    )
+    created = await database.write(resources.write(first, previous=None))
+    assert (created.id, created.version_id, created.deleted, created.origin) == (
+        "p1",
+        1,
+        False,
+        "xis",
+    )
     assert await _found(database, "jansen") == ["p1"]
 
-    second = _patient("Pietersen", 2, T0 + timedelta(seconds=1))
-    async with database.write() as session:
-        row = await resources.current(session, "d", "Patient", "p1", for_update=True)
-        assert row is not None and row.version_id == 1
-        await resources.replace(
-            session, row, content=jsonio.dumps(second), last_updated=T0 + timedelta(seconds=1),
-            values=extract(second),
-        )  # fmt: skip
+    second = await database.write(_update("Pietersen", T0 + timedelta(seconds=1)))
+    assert (second.pk, second.version_id) == (created.pk, 2)
     # The index follows the current version only.
     assert await _found(database, "jansen") == []
     assert await _found(database, "pietersen") == ["p1"]
 
-    async with database.write() as session:
-        row = await resources.current(session, "d", "Patient", "p1", for_update=True)
-        assert row is not None
-        deleted = await resources.delete(session, row, last_updated=T0 + timedelta(seconds=2))
+    deleted = await database.write(_delete(T0 + timedelta(seconds=2)))
     assert (deleted.version_id, deleted.deleted) == (3, True)
     assert await _found(database, "pietersen") == []
 
-    async with database.read() as session:
-        current = await resources.current(session, "d", "Patient", "p1")
+    def check() -> Work[None]:
+        current = yield from resources.current("d", "Patient", "p1")
         assert current is not None and current.origin == "xis"
-        versions = await resources.history(session, current, count=10)
+        assert (current.version_id, current.deleted) == (3, True)
+        assert current.last_updated == T0 + timedelta(seconds=2)
+        versions = yield from resources.history(current.pk, count=10)
         assert [(v.version_id, v.method, v.deleted) for v in versions] == [
             (3, "DELETE", True),
             (2, "PUT", False),
             (1, "POST", False),
         ]
-        older = await resources.history(session, current, count=1, before_version=3)
+        older = yield from resources.history(current.pk, count=1, before_version=3)
         assert [v.version_id for v in older] == [2]
-        found = await resources.version(session, "d", "Patient", "p1", 1)
-        assert found is not None and jsonio.loads(found[1].content)["name"][0]["family"] == "Jansen"
-        assert await resources.version(session, "d", "Patient", "p1", 9) is None
-        assert await resources.current(session, "other-domain", "Patient", "p1") is None
+        since = yield from resources.history(current.pk, count=10, since=T0 + timedelta(seconds=1))
+        assert [v.version_id for v in since] == [3, 2]
+        found = yield from resources.version("d", "Patient", "p1", 1)
+        assert found is not None
+        assert jsonio.loads(found.content)["name"][0]["family"] == "Jansen"
+        assert (yield from resources.version("d", "Patient", "p1", 9)) is None
+        assert (yield from resources.current("other-domain", "Patient", "p1")) is None
+
+    await database.read(check())
+
+
+async def test_a_second_create_of_one_id_is_a_conflict_and_leaves_the_first(
+    database: Database,
+) -> None:
+    first = resources.prepare(
+        "d", _patient("Jansen"), id="p1", version_id=1, now=T0, origin="xis", method="POST"
+    )
+    await database.write(resources.write(first, previous=None))
+    again = resources.prepare(
+        "d", _patient("Pietersen"), id="p1", version_id=1, now=T0, origin="xis", method="POST"
+    )
+    with pytest.raises(Conflict):
+        await database.write(resources.write(again, previous=None))
+    assert await _found(database, "jansen") == ["p1"]
+    assert await _found(database, "pietersen") == []
+
+
+async def test_an_update_from_a_stale_row_changes_nothing(database: Database) -> None:
+    first = resources.prepare(
+        "d", _patient("Jansen"), id="p1", version_id=1, now=T0, origin="xis", method="POST"
+    )
+    stale = await database.write(resources.write(first, previous=None))
+    await database.write(_update("Pietersen", T0 + timedelta(seconds=1)))
+    late = resources.prepare(
+        "d", _patient("Late"), id="p1", version_id=2, now=T0, origin="xis", method="PUT"
+    )
+    with pytest.raises(VersionConflict):
+        await database.write(resources.write(late, previous=stale))
+    assert await _found(database, "late") == []
+    assert await _found(database, "pietersen") == ["p1"]
+    row = await database.read(resources.current("d", "Patient", "p1"))
+    assert row is not None
+    assert [v.version_id for v in await database.read(resources.history(row.pk, count=10))] == [
+        2,
+        1,
+    ]

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -16,10 +15,10 @@ from hub.fhir.match import OriginsOf, Target, matches
 from hub.fhir.origin import origin_device
 from hub.fhir.outcome import FhirError
 from hub.fhir.query import Query, parse_search
+from hub.store import resources as repository
 from hub.store.db import Database
-from hub.store.index import write_index
 from hub.store.search import SearchPage, search
-from hub.store.tables import StoredResource
+from hub.store.sql import Work
 from tests.fhir.corpus import (
     CASES,
     DELETED,
@@ -34,6 +33,17 @@ from tests.fhir.corpus import (
 DOMAIN = "demo"
 
 
+def _store(domain: str, resources: Iterable[dict[str, Any]], *, deleted: bool) -> Work[None]:
+    for r in resources:
+        at = instant(r["meta"]["lastUpdated"]) or datetime.min
+        new = repository.prepare(
+            domain, r, id=r["id"], version_id=1, now=at, origin=origin_device(r), method="POST"
+        )
+        row = yield from repository.write(new, previous=None)
+        if deleted:
+            yield from repository.delete(row, now=at)
+
+
 async def store(
     database: Database,
     resources: Iterable[dict[str, Any]],
@@ -41,24 +51,8 @@ async def store(
     domain: str = DOMAIN,
     deleted: bool = False,
 ) -> None:
-    """Insert resources as the repository would: a `resources` row plus index rows."""
-    async with database.write() as session:
-        for r in resources:
-            row = StoredResource(
-                domain=domain,
-                rtype=r["resourceType"],
-                id=r["id"],
-                version_id=1,
-                last_updated=instant(r["meta"]["lastUpdated"]) or datetime.min,
-                deleted=deleted,
-                origin=origin_device(r),
-                content=json.dumps(r),
-            )
-            session.add(row)
-            await session.flush()
-            assert row.pk is not None
-            if not deleted:
-                await write_index(session, row.pk, domain, r["resourceType"], extract(r))
+    """Store resources as the repository does: rows, history and index rows (deleted: none)."""
+    await database.write(_store(domain, resources, deleted=deleted))
 
 
 async def run(
@@ -70,15 +64,15 @@ async def run(
     domain: str = DOMAIN,
     target_origins: OriginsOf | None = None,
 ) -> SearchPage:
-    async with database.read() as session:
-        return await search(
-            session,
+    return await database.read(
+        search(
             domain=domain,
             query=query,
             allowed_origins=origins,
             page_size=page_size,
             target_origins=target_origins,
         )
+    )
 
 
 def ids(page: SearchPage) -> list[str]:

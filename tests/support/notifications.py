@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import select
-from sqlmodel import col
 
 from examples.mailcatcher import CaughtMail
 from hub.rules.bsn import BSN_SYSTEM
 from hub.store.db import Database
-from hub.store.tables import OutboxRow
+from hub.store.outbox import Entry, entries
 from tests.rules.samples import example_communication
 from tests.support.hub import MATRIX, AppKeys, HubServer, hub_settings, running_hub, write_apps_file
 from tests.support.waiting import eventually
@@ -126,12 +124,11 @@ async def settled_transmits(hub: HubServer, request_id: str) -> list[dict[str, A
     return await eventually(probe)
 
 
-async def email_rows(database_url: str) -> list[OutboxRow]:
-    database = Database(database_url)
+async def email_rows(database_url: str) -> list[Entry]:
+    """The e-mail rows of the delivery queue, oldest first."""
+    database = Database(database_url, pool_size=1)
     try:
-        async with database.read() as session:
-            rows = await session.execute(select(OutboxRow).where(col(OutboxRow.channel) == "email"))
-            return list(rows.scalars().all())
+        return [row for row in await database.read(entries()) if row.channel == "email"]
     finally:
         await database.dispose()
 

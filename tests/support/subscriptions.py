@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from sqlalchemy import select
 
 from hub.store.db import Database
-from hub.store.tables import OutboxRow
+from hub.store.outbox import Entry, entries
 from tests.support.https_receiver import LocalCA, ReceivedRequest
 from tests.support.hub import AppKeys, HubServer, hub_settings, running_hub, write_apps_file
 from tests.support.waiting import eventually
@@ -159,12 +158,11 @@ def correlation_ids(requests: Sequence[ReceivedRequest]) -> list[str]:
     return [request.header("X-Correlation-Id") or "" for request in requests]
 
 
-async def outbox(database_url: str) -> list[OutboxRow]:
+async def outbox(database_url: str) -> list[Entry]:
     """The delivery queue as stored: a row leaves it only once its POST has completed."""
-    database = Database(database_url)
+    database = Database(database_url, pool_size=1)
     try:
-        async with database.read() as session:
-            return list((await session.execute(select(OutboxRow))).scalars())
+        return await database.read(entries())
     finally:
         await database.dispose()
 

@@ -1,4 +1,10 @@
-"""PostgreSQL LISTEN: wake this process's dispatcher when any process queues a delivery."""
+"""PostgreSQL LISTEN: wake this process's dispatcher when any process queues a delivery.
+
+`hub.store.outbox.announce` NOTIFYs the channel in every unit that queues rows;
+the notification arrives when that unit commits. One dedicated asyncpg
+connection (outside the pool) listens; when it is lost it reconnects, and the
+dispatcher's slow poll covers the gap.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +12,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
+from hub.store.db import Database
 from hub.store.outbox import CHANNEL
 
 log = logging.getLogger("hub.listener")
 
 
 class OutboxListener:
-    def __init__(self, database_url: str, on_notify: Callable[[], None]) -> None:
-        url = make_url(database_url)
-        self._connect_args = {
-            "host": url.host,
-            "port": url.port,
-            "user": url.username,
-            "password": url.password,
-            "database": url.database,
-        }
+    def __init__(self, database: Database, on_notify: Callable[[], None]) -> None:
+        # The pool's own connection arguments (PostgreSQL only): read now, so a wrong
+        # backend fails at start-up rather than in the background task.
+        self._connect_args: dict[str, Any] = dict(database.connect_args)
         self._on_notify = on_notify
         self._task: asyncio.Task[None] | None = None
 

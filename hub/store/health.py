@@ -1,0 +1,89 @@
+"""Delivery health: each Subscription's consecutive delivery failures (`delivery_health`).
+
+Three failures in a row turn a Subscription's status to `error`, and a success
+forgets the count (`hub.notify.delivery`). The counter is changed in the unit
+of work that records the attempt, so it always agrees with the outbox row and
+the Subscription's status.
+
+A Subscription's first failure creates its row race-free: `INSERT ... ON
+CONFLICT DO NOTHING` (a concurrent creator makes the second one do nothing),
+then `SELECT ... FOR UPDATE`, so two workers that fail at once count two
+failures, not one (on SQLite the single writer thread serialises them).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from hub.store.sql import Prepared, Work, dialect, execute
+from hub.store.tables import DeliveryHealth
+
+HEALTH: Table = DeliveryHealth.__table__  # type: ignore[attr-defined]
+
+_COLUMNS = ("domain", "subscription_id", "consecutive_failures")
+_CREATE = {
+    "sqlite": Prepared(
+        sqlite_insert(HEALTH).on_conflict_do_nothing(index_elements=["domain", "subscription_id"]),
+        column_keys=_COLUMNS,
+    ),
+    "postgresql": Prepared(
+        pg_insert(HEALTH).on_conflict_do_nothing(index_elements=["domain", "subscription_id"]),
+        column_keys=_COLUMNS,
+    ),
+}
+# Bind names differ from the column names: SQLAlchemy reserves those for SET values.
+_THIS = (
+    HEALTH.c.domain == bindparam("health_domain"),
+    HEALTH.c.subscription_id == bindparam("health_subscription"),
+)
+_LOCKED = Prepared(select(HEALTH.c.consecutive_failures).where(*_THIS).with_for_update())
+_COUNTED = Prepared(
+    update(HEALTH)
+    .where(*_THIS)
+    .values(consecutive_failures=bindparam("failures"), last_error=bindparam("error"))
+)
+_RESET = Prepared(
+    update(HEALTH)
+    .where(*_THIS, HEALTH.c.consecutive_failures > 0)
+    .values(consecutive_failures=0, last_error=None)
+)
+_READ = Prepared(select(HEALTH.c.consecutive_failures, HEALTH.c.last_error).where(*_THIS))
+
+
+def _key(domain: str, subscription_id: str) -> dict[str, str]:
+    return {"health_domain": domain, "health_subscription": subscription_id}
+
+
+def reset_failures(domain: str, subscription_id: str) -> Work[bool]:
+    """Zero the Subscription's failure counter; False when it was zero (or never set)."""
+    reset = yield from execute(_RESET, _key(domain, subscription_id))
+    return reset.rowcount > 0
+
+
+def count_failure(domain: str, subscription_id: str, error: str | None) -> Work[int]:
+    """Count one more failure in a row (with its error); the new consecutive count.
+
+    The row is locked until the unit ends, so concurrent failures are each counted.
+    """
+    backend = yield from dialect()
+    yield from execute(
+        _CREATE[backend],
+        {"domain": domain, "subscription_id": subscription_id, "consecutive_failures": 0},
+    )
+    locked = yield from execute(_LOCKED, _key(domain, subscription_id))
+    failures = int(locked.one()[0]) + 1
+    yield from execute(
+        _COUNTED, _key(domain, subscription_id) | {"failures": failures, "error": error}
+    )
+    return failures
+
+
+def failures(domain: str, subscription_id: str) -> Work[tuple[int, str | None]]:
+    """The consecutive failures and the last error (0 and None when never counted)."""
+    found = yield from execute(_READ, _key(domain, subscription_id))
+    if not found.rows:
+        return 0, None
+    count, error = found.rows[0]
+    return int(count), error

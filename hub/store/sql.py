@@ -1,0 +1,215 @@
+"""Units of work: database conversations written once, run on SQLite and PostgreSQL alike.
+
+Every store function is a generator that `yield`s the statements it needs and
+receives their results, sans I/O (the `Work` type). It never touches a
+connection itself, so the same code runs
+
+- on SQLite, synchronously, inside the writer thread or a reader thread
+  (`hub.store.db`): a whole unit costs one thread hand-off, not one per
+  statement;
+- on PostgreSQL, asynchronously, on an asyncpg connection.
+
+Composing units is `yield from`. A unit's domain errors (an `If-Match` race,
+a 404) are ordinary exceptions raised inside the generator; the runner rolls
+back that unit's savepoint and hands the exception to its caller.
+
+Statements are SQLAlchemy Core objects built from the tables in
+`hub.store.tables` (the schema is defined once), compiled per dialect: the
+module-level ones once (`Prepared`), dynamic ones (searches) per use. Their
+parameters and results pass through the dialect's own type conversions, so a
+datetime reads back as a datetime on both backends.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import BindParameter
+from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
+from sqlalchemy.dialects.sqlite import pysqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+DIALECTS: dict[str, Dialect] = {
+    "sqlite": pysqlite.dialect(),
+    "postgresql": pg_asyncpg.dialect(),  # type: ignore[no-untyped-call]
+}
+
+
+class Conflict(Exception):
+    """A unique constraint refused a row: thrown into the unit, which may handle it."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a statement gave back: its rows (converted) and the number of rows it changed."""
+
+    rows: list[Row] = field(default_factory=list)
+    rowcount: int = 0
+
+    def scalar(self) -> Any:
+        """The first column of the first row, or None when there is no row."""
+        return self.rows[0][0] if self.rows else None
+
+    def one(self) -> Row:
+        if len(self.rows) != 1:
+            raise LookupError(f"expected one row, got {len(self.rows)}")
+        return self.rows[0]
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A statement as one dialect runs it: SQL text, parameter order and converters."""
+
+    sql: str
+    names: tuple[str, ...]
+    defaults: Mapping[str, Any]
+    binds: Mapping[str, Callable[[Any], Any]]
+    results: tuple[Callable[[Any], Any] | None, ...]
+    returns_rows: bool
+
+    def arguments(self, params: Mapping[str, Any]) -> list[Any]:
+        """Positional arguments for `params` (missing names take the statement's own values)."""
+        values = []
+        for name in self.names:
+            value = params[name] if name in params else self.defaults[name]
+            convert = self.binds.get(name)
+            values.append(convert(value) if convert is not None and value is not None else value)
+        return values
+
+    def convert(self, rows: Sequence[Sequence[Any]]) -> list[Row]:
+        if not any(self.results):
+            return [tuple(row) for row in rows]
+        converters = self.results
+        return [
+            tuple(
+                value if convert is None or value is None else convert(value)
+                for value, convert in zip(row, converters, strict=False)
+            )
+            for row in rows
+        ]
+
+
+def compile_for(statement: ClauseElement, dialect_name: str, **kwargs: Any) -> Compiled:
+    """Compile `statement` (a SQLAlchemy Core statement) for `dialect_name`."""
+    dialect = DIALECTS[dialect_name]
+    compiled = statement.compile(
+        dialect=dialect, compile_kwargs={"render_postcompile": True}, **kwargs
+    )
+    assert isinstance(compiled, SQLCompiler)
+    names = tuple(compiled.positiontup or ())
+    binds: dict[str, Callable[[Any], Any]] = {}
+    for name in names:
+        bind: BindParameter[Any] | None = compiled.binds.get(name)
+        if bind is None:
+            continue
+        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            binds[name] = processor
+    exported = getattr(statement, "exported_columns", ())
+    sql = _one_line(str(compiled))
+    returns_rows = (
+        bool(getattr(statement, "is_select", False))
+        or bool(getattr(statement, "_returning", ()))
+        or sql.upper().startswith(("SELECT", "WITH"))
+    )
+    results = tuple(
+        column.type.dialect_impl(dialect).result_processor(dialect, None)
+        for column in (exported if returns_rows else ())
+    )
+    return Compiled(
+        sql=sql,
+        names=names,
+        # The values the statement carries itself (expanded IN lists included); names
+        # without one (`bindparam("x")`) must come with each execution.
+        defaults=compiled.construct_params(_check=False),
+        binds=binds,
+        results=results,
+        returns_rows=returns_rows,
+    )
+
+
+_SPACES = re.compile(r"\s*\n\s*")
+
+
+def _one_line(sql: str) -> str:
+    return _SPACES.sub(" ", sql).strip()
+
+
+class Prepared:
+    """A module-level statement, compiled once per dialect on first use.
+
+    `column_keys` limits an INSERT to those columns (the others take their
+    database defaults), as SQLAlchemy's `column_keys` does.
+    """
+
+    def __init__(self, statement: ClauseElement, *, column_keys: Sequence[str] = ()) -> None:
+        self.statement = statement
+        self._column_keys = list(column_keys)
+        self._compiled: dict[str, Compiled] = {}
+
+    def compiled(self, dialect_name: str) -> Compiled:
+        found = self._compiled.get(dialect_name)
+        if found is None:
+            kwargs: dict[str, Any] = {}
+            if self._column_keys:
+                kwargs["column_keys"] = self._column_keys
+            found = compile_for(self.statement, dialect_name, **kwargs)
+            self._compiled[dialect_name] = found
+        return found
+
+
+@dataclass(frozen=True)
+class Execute:
+    """Run a statement once (`params`), or once per mapping of `many` (executemany)."""
+
+    statement: Prepared | ClauseElement
+    params: Mapping[str, Any] = field(default_factory=dict)
+    many: Sequence[Mapping[str, Any]] | None = None
+
+    def compiled(self, dialect_name: str) -> Compiled:
+        if isinstance(self.statement, Prepared):
+            return self.statement.compiled(dialect_name)
+        return compile_for(self.statement, dialect_name)
+
+
+@dataclass(frozen=True)
+class WhichDialect:
+    """Ask the runner which backend this is (a few statements differ: locks, NOTIFY)."""
+
+
+Step = Execute | WhichDialect
+# A unit of work: yields steps, receives their results, returns T.
+Work = Generator[Step, Any, T]
+
+
+def dialect() -> Work[str]:
+    """`sqlite` or `postgresql`: the backend the unit runs on."""
+    name: str = yield WhichDialect()
+    return name
+
+
+def execute(
+    statement: Prepared | ClauseElement, params: Mapping[str, Any] | None = None
+) -> Work[Result]:
+    result: Result = yield Execute(statement, params or {})
+    return result
+
+
+def execute_many(statement: Prepared, rows: Sequence[Mapping[str, Any]]) -> Work[None]:
+    """One statement for every mapping in `rows` (nothing at all when there are none)."""
+    if rows:
+        yield Execute(statement, many=rows)
+
+
+def returning(value: T) -> Work[T]:
+    """A unit that does no SQL and gives `value` (for composing optional steps)."""
+    return value
+    yield  # pragma: no cover - makes this function a generator
