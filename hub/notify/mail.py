@@ -21,7 +21,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from urllib.parse import unquote, urlsplit
 
-from hub.rules.notification import is_email_address
+from hub.syntax import is_email_address
 
 _DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
 

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from hub.rules.subscription import parse_channel_header
+from hub.syntax import parse_channel_header
 
 CONTENT_TYPE = "application/fhir+json; fhirVersion=4.0; charset=utf-8"
 
@@ -27,7 +27,7 @@ def notification_headers(
     """The headers of one notification, in the order they go on the wire.
 
     `channel_headers` are the Subscription's `channel.header` lines; each is split
-    at its first `:` as `hub.rules.subscription.parse_channel_header` defines, and a
+    at its first `:` as `hub.syntax.parse_channel_header` defines, and a
     line the rules would refuse raises ValueError rather than being sent mangled.
     The body is always empty, hence `Content-Length: 0`.
     """

@@ -30,6 +30,7 @@ from typing import Any, TypeGuard
 from hub.fhir.outcome import Issue
 from hub.rules import filetypes
 from hub.rules.bsn import BSN_SYSTEM, is_valid_bsn
+from hub.syntax import is_email_address
 
 CATEGORY_CODE = "melding"
 REQUIRED_STATUS = "completed"
@@ -39,14 +40,6 @@ MAX_ATTACHMENTS = 5
 
 _ROOT = "Communication"
 
-# A pragmatic, ASCII-only address: we send mail to it, and neither an internationalised
-# address (which needs SMTPUTF8 end to end) nor anything with whitespace or line breaks
-# (header injection) belongs there.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_EMAIL_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+", re.ASCII)
-_MAX_EMAIL_LENGTH = 254  # RFC 5321: a forward-path of 256 octets including "<" and ">"
-_MAX_LOCAL_PART_LENGTH = 64
 # The whitespace of FHIR R4's base64Binary pattern `(\s*([0-9a-zA-Z\+/=]){4}\s*)+` (its
 # `\s` is XML Schema's: space, tab, CR and LF), allowed between groups of four characters.
 _BASE64_WHITESPACE = re.compile(r"[ \t\r\n]+")
@@ -102,16 +95,6 @@ def email_of(patient: Mapping[str, Any]) -> str | None:
         if telecom.get("use") != "old" and isinstance(value, str) and is_email_address(value):
             return value
     return None
-
-
-def is_email_address(value: str) -> bool:
-    """True for a plain ASCII `local@domain.tld` address that we are willing to mail."""
-    local_part, _, _ = value.partition("@")
-    return (
-        len(value) <= _MAX_EMAIL_LENGTH
-        and len(local_part) <= _MAX_LOCAL_PART_LENGTH
-        and _EMAIL_ADDRESS.fullmatch(value) is not None
-    )
 
 
 def decode_base64(text: str) -> bytes | None:

@@ -12,22 +12,15 @@ never echo its value: they end up in AuditEvent.outcomeDesc.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from hub.fhir.outcome import FhirError, Issue
+from hub.syntax import parse_channel_header
 
 _ROOT = "Subscription"
-
-# RFC 7230 §3.2.6: a header name is a token of these characters.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Visible ASCII, space and tab. Stricter than RFC 7230's obs-text: HTTP has no agreed
-# encoding for other bytes, and CR, LF and NUL would split or end the header.
-_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
-_OWS = " \t"
 
 # Headers the hub itself writes (the request framing and the trace headers), and the
 # hop-by-hop headers that would change how the connection behaves.
@@ -49,28 +42,6 @@ RESERVED_HEADERS = frozenset(
         "x-trace-id",
     }
 )
-
-
-def parse_channel_header(line: str) -> tuple[str, str]:
-    """Split a `channel.header` line into the header name and value it stands for.
-
-    The name is everything before the first `:` and must be an RFC 7230 token (so
-    no whitespace before the colon). The value is the rest with surrounding spaces
-    and tabs removed, as HTTP itself ignores them: `Name: value`, `Name:value` and
-    `Name:  value ` all mean `("Name", "value")`, and the wire always carries
-    `Name: value`. An empty value is allowed. Raises ValueError for a malformed line.
-    """
-    name, colon, raw_value = line.partition(":")
-    if not colon:
-        raise ValueError("is not a 'Name: value' line (no ':')")
-    if not _TOKEN.fullmatch(name):
-        raise ValueError(f"header name {name!r} is not an HTTP token")
-    if not _FIELD_VALUE.fullmatch(raw_value):
-        raise ValueError(
-            f"value of header {name!r} contains a control character (such as CR, LF or NUL)"
-            " or a non-ASCII character"
-        )
-    return name, raw_value.strip(_OWS)
 
 
 def validate_subscription(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hub.store.tables import OutboxRow
+from hub.store.outbox import Entry
 from tests.conftest import POSTGRES_URL
 from tests.support.https_receiver import HttpsReceiver, LocalCA
 from tests.support.hub import AppKeys, write_apps_file
@@ -140,7 +140,7 @@ async def test_the_survivor_delivers_what_a_killed_process_was_sending(
     assert current["status"] == "active"
 
 
-def holds(process: HubProcess, row: OutboxRow) -> bool:
+def holds(process: HubProcess, row: Entry) -> bool:
     """Whether `process` leased `row`."""
     return process.owns(row.lease_owner)
 

@@ -13,11 +13,11 @@ from hub.rules.bsn import BSN_SYSTEM
 from hub.rules.notification import (
     contained_patient,
     decode_base64,
-    is_email_address,
     patient_bsn,
     patient_email,
     validate_communication,
 )
+from hub.syntax import is_email_address
 from tests.rules.samples import (
     CONTRACT,
     EXE_BYTES,

@@ -14,9 +14,9 @@ from hub.fhir.outcome import FhirError, Issue, bad_request
 from hub.rules.subscription import (
     RESERVED_HEADERS,
     normalise_status,
-    parse_channel_header,
     validate_subscription,
 )
+from hub.syntax import parse_channel_header
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 OFFICIAL_EXAMPLE = (
