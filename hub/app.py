@@ -38,9 +38,9 @@ from hub.audit.chain import load_or_create_key
 from hub.audit.writer import AuditWriter
 from hub.fhir.outcome import FhirError
 from hub.housekeeping import reload_access, scheduler
+from hub.interactions.delivery import Deliverer
 from hub.interactions.devices import ensure_devices
 from hub.net import OutboundClient
-from hub.notify.delivery import Deliverer
 from hub.notify.dispatcher import Dispatcher
 from hub.notify.registry import SubscriptionIndex
 from hub.runtime import Runtime
@@ -106,11 +106,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     # Unique per process even where host names and pids repeat (containers: every hub
     # is pid 1); readable in the outbox for an operator. At most 64 characters.
     owner = f"{socket.gethostname()[:34]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-    dispatcher = Dispatcher(runtime, Deliverer(runtime, outbound, owner=owner))
+    dispatcher = Dispatcher(database, settings, Deliverer(runtime, outbound, owner=owner))
     runtime.wake_dispatcher = dispatcher.wake
-    listener = (
-        OutboxListener(database, dispatcher.wake) if database.is_postgres else None
-    )
+    listener = OutboxListener(database, dispatcher.wake) if database.is_postgres else None
     jobs = scheduler(runtime)
     app.state.runtime = runtime
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from hub.access.apps import HUB_DEVICE as HUB_DEVICE
 from hub.access.apps import AccessConfig
@@ -13,12 +12,8 @@ from hub.access.keys import SigningKeys
 from hub.audit.writer import AuditWriter
 from hub.notify.registry import SubscriptionIndex
 from hub.settings import Settings
+from hub.store.clock import utcnow as utcnow
 from hub.store.db import Database
-
-
-def utcnow() -> datetime:
-    """Now, as the naive UTC datetime the database stores."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass

@@ -6,7 +6,7 @@ due, with a slow poll as the safety net. A global limit bounds the deliveries
 in flight; the per-endpoint limit lives in the `Deliverer`. A delivery waiting
 for its busy endpoint does not count against the global limit, and no more rows
 of its Subscription are claimed meanwhile: one slow receiver never uses up the
-places the others need (DESIGN.md §6.6).
+places the others need (docs/architecture.md §4).
 """
 
 from __future__ import annotations
@@ -14,25 +14,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Mapping
 from datetime import timedelta
+from typing import Protocol
 
-from hub.notify.delivery import Deliverer
-from hub.runtime import Runtime, utcnow
+from hub.settings import Settings
 from hub.store import outbox
+from hub.store.clock import utcnow
+from hub.store.db import Database
 from hub.store.outbox import Entry
 
 log = logging.getLogger("hub.dispatcher")
 
 
+class Deliverer(Protocol):
+    """What delivers one claimed row (`hub.interactions.delivery`): the dispatcher's only peer."""
+
+    on_waiting: Callable[[], None]
+
+    @property
+    def owner(self) -> str: ...
+
+    @property
+    def waiting(self) -> Mapping[int, str]:
+        """Rows (pk → subscription id) waiting for a slot of their busy endpoint."""
+
+    async def deliver(self, row: Entry) -> None: ...
+
+
 class Dispatcher:
-    def __init__(self, runtime: Runtime, deliverer: Deliverer) -> None:
-        self.runtime = runtime
+    def __init__(self, database: Database, settings: Settings, deliverer: Deliverer) -> None:
+        self.database = database
+        self.settings = settings
         self.deliverer = deliverer
         self._wake = asyncio.Event()
         # Each delivery in progress, with its outbox row's pk.
         self._in_flight: dict[asyncio.Task[None], int] = {}
         deliverer.on_waiting = self.wake  # a delivery that waits frees its place
-        self._capacity = runtime.settings.delivery_concurrency
+        self._capacity = settings.delivery_concurrency
         self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
@@ -48,9 +67,7 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._in_flight:
-            await asyncio.wait(
-                set(self._in_flight), timeout=self.runtime.settings.webhook_timeout + 1
-            )
+            await asyncio.wait(set(self._in_flight), timeout=self.settings.webhook_timeout + 1)
 
     async def _run(self) -> None:
         while True:
@@ -80,8 +97,8 @@ class Dispatcher:
         free = self._capacity - self._active()
         if free <= 0:
             return 0
-        settings = self.runtime.settings
-        rows = await self.runtime.database.write(
+        settings = self.settings
+        rows = await self.database.write(
             outbox.claim(
                 owner=self.deliverer.owner,
                 now=utcnow(),
@@ -110,10 +127,10 @@ class Dispatcher:
         self._wake.set()  # capacity freed: look for more work
 
     async def _sleep(self) -> None:
-        timeout = self.runtime.settings.delivery_poll_seconds
+        timeout = self.settings.delivery_poll_seconds
         if self._active() < self._capacity:
             try:
-                due = await self.runtime.database.read(
+                due = await self.database.read(
                     outbox.next_due(
                         skip_rows=self._rows(), skip_subscriptions=self._busy_subscriptions()
                     )

@@ -1,7 +1,7 @@
 """Delivery health: each Subscription's consecutive delivery failures (`delivery_health`).
 
 Three failures in a row turn a Subscription's status to `error`, and a success
-forgets the count (`hub.notify.delivery`). The counter is changed in the unit
+forgets the count (`hub.interactions.delivery`). The counter is changed in the unit
 of work that records the attempt, so it always agrees with the outbox row and
 the Subscription's status.
 

@@ -1,4 +1,4 @@
-"""Delivering one claimed outbox row: re-check, send, record, schedule.
+"""The delivery interaction, run by the hub itself: re-check, send, record, schedule.
 
 Before sending, the Subscription and the subscriber's right to read the
 resource are checked again against the CURRENT state (fail closed: a row

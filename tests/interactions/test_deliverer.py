@@ -20,8 +20,8 @@ import pytest
 from hub.access.apps import AccessConfig
 from hub.fhir import jsonio
 from hub.fhir.origin import with_origin
+from hub.interactions.delivery import Deliverer
 from hub.net import DeliveryResult, OutboundClient
-from hub.notify.delivery import Deliverer
 from hub.runtime import Runtime, utcnow
 from hub.settings import Settings
 from hub.store import health, outbox, resources
