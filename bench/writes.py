@@ -187,8 +187,10 @@ class Run:
 
     @property
     def busy(self) -> float | None:
-        """The hub's CPU seconds per second of the window: near 1 it had a core to itself
-        and used it; well below with clients waiting, it waited (I/O, locks) or was starved.
+        """The hub's CPU seconds per second of the measured window.
+
+        Near 1, it had a core and used it; well below with its clients waiting, it
+        waited (disk, locks) or its neighbours starved it.
         """
         if self.result is None or self.result.window_cpu_seconds is None:
             return None
@@ -472,8 +474,13 @@ def _report_bare(report: Report, bare: Run, args: argparse.Namespace) -> None:
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
+    """The mean of the runs that were measured.
+
+    A failed run is in the details and fails the exit code; the other run of its
+    side is still worth showing.
+    """
     known = [value for value in values if value is not None]
-    return statistics.fmean(known) if known and len(known) == len(values) else None
+    return statistics.fmean(known) if known else None
 
 
 def _show(value: float | None, spec: str = ".2f") -> str:

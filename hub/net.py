@@ -399,7 +399,7 @@ class OutboundClient:
 
         The request is built directly rather than through the client so that httpx
         adds none of its default headers (User-Agent, Accept, ...): the receiver
-        sees DESIGN.md §7 and nothing else.
+        sees the notification request (docs/architecture.md §4) and nothing else.
         """
         started = time.monotonic()
         try:

@@ -9,6 +9,7 @@ from hub.access.apps import HUB_DEVICE as HUB_DEVICE
 from hub.access.apps import AccessConfig
 from hub.access.jwks_cache import JwksCache
 from hub.access.keys import SigningKeys
+from hub.access.tokens import VerifiedTokens
 from hub.audit.writer import AuditWriter
 from hub.notify.registry import SubscriptionIndex
 from hub.settings import Settings
@@ -26,6 +27,11 @@ class Runtime:
     audit: AuditWriter
     chain_key: bytes
     subscriptions: SubscriptionIndex
+    # The claims of recently verified access tokens, so a client's every request does not
+    # pay for a signature check; what the client may do is still decided per request.
+    verified_tokens: VerifiedTokens = field(
+        default_factory=lambda: VerifiedTokens(max_entries=10_000)
+    )
     # Called after a commit that queued deliveries: wakes the dispatcher at once.
     wake_dispatcher: Callable[[], None] = field(default=lambda: None)
     version: str = "0.1.0"

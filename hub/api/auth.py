@@ -12,19 +12,12 @@ from hub.access.tokens import (
     AccessToken,
     InvalidToken,
     UnknownKeyId,
-    VerifiedTokens,
     verify_access_token,
 )
 from hub.fhir.outcome import FhirError
 from hub.runtime import Runtime
 
 log = logging.getLogger("hub.auth")
-
-# The claims of recently verified access tokens, so a client's every request does not
-# pay for an RS512 signature check. One per process: entries are keyed by issuer and
-# audience and tied to the key object that verified them, so several runtimes (tests)
-# cannot see each other's tokens. What the client may do is still decided per request.
-VERIFIED_TOKENS = VerifiedTokens(max_entries=10_000)
 
 
 def unauthorized(error: str = "invalid_token") -> FhirError:
@@ -76,5 +69,5 @@ def _verify(runtime: Runtime, token: str, domain: str) -> AccessToken:
         issuer=runtime.issuer(domain),
         audience=runtime.fhir_base(domain),
         now=datetime.now(UTC),
-        cache=VERIFIED_TOKENS,
+        cache=runtime.verified_tokens,
     )

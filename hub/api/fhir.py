@@ -1,6 +1,6 @@
 """The FHIR REST endpoints: thin handlers around `hub.interactions`.
 
-Every request follows DESIGN.md §4: trace ids (middleware) → token (401) →
+Every request follows docs/architecture.md §3: trace ids (middleware) → token (401) →
 permission (403) → body (400/422) → the interaction → AuditEvent → response.
 """
 

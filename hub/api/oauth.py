@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -11,16 +9,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hub import trace
-from hub.access.assertion import ASSERTION_ALGORITHMS, OAuthError, claimed_client
-from hub.access.tokens import exchange
+from hub.access.assertion import ASSERTION_ALGORITHMS, OAuthError
 from hub.api.fhir import read_limited
-from hub.audit.events import login_event
 from hub.fhir.outcome import FhirError
 from hub.fhir.search_params import SUPPORTED_TYPES
-from hub.runtime import HUB_DEVICE, Runtime, utcnow
-from hub.store.assertions import remember_jti
-
-log = logging.getLogger("hub.oauth")
+from hub.interactions.token import request_token
+from hub.runtime import Runtime
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -77,65 +71,17 @@ async def token(request: Request) -> Response:
         fields = await _read_form(request, runtime.settings.max_body_bytes)
     except OAuthError as error:
         return _oauth_error(error)
-    snapshot = runtime.access.snapshot
-
-    async def remember(client_id: str, jti: str, expires_at: datetime) -> bool:
-        return await runtime.database.write(remember_jti(domain, client_id, jti, expires_at))
-
-    # Sign with the newest key, even if another process rotated it a moment ago.
-    runtime.keys.refresh()
     try:
-        body = await exchange(
+        body = await request_token(
+            runtime,
+            domain,
             fields,
-            domain=snapshot.registry.domains[domain],
-            matrix=snapshot.matrix,
-            token_url=runtime.settings.token_endpoint(domain),
-            signing_key=runtime.keys.current_key(),
-            issuer=runtime.issuer(domain),
-            audience=runtime.fhir_base(domain),
-            lifetime=runtime.settings.access_token_lifetime,
-            keys_for=runtime.jwks.keys_for,
-            remember_jti=remember,
-            now=datetime.now(UTC),
+            client_address=request.client.host if request.client else None,
+            trace=trace.get(),
         )
     except OAuthError as error:
-        # The client hears the RFC 6749 code; the reason is for the operator only.
-        log.warning("token request refused in %s: %s (%s)", domain, error.error, error.log_detail)
-        await _audit_login(request, runtime, domain, fields, error)
         return _oauth_error(error)
-    await _audit_login(request, runtime, domain, fields, None)
     return JSONResponse(body, 200, headers=_NO_STORE)
-
-
-async def _audit_login(
-    request: Request,
-    runtime: Runtime,
-    domain: str,
-    fields: dict[str, str],
-    error: OAuthError | None,
-) -> None:
-    """Record the token request before answering it, granted or refused.
-
-    A refusal names the client the assertion claimed in the description, never as the
-    agent: the claim is unproven. The reason stays in the log, as for the client.
-    """
-    claimed = claimed_client(fields.get("client_assertion"))
-    description = None
-    if error is not None:
-        description = f"{error.error}: {error.public_description}"
-        if claimed is not None:
-            description += f" (assertion claims client_id {claimed!r})"
-    event = login_event(
-        success=error is None,
-        outcome_description=description,
-        client_device=claimed if error is None else None,
-        client_address=request.client.host if request.client else None,
-        hub_device=HUB_DEVICE,
-        site=runtime.settings.site,
-        trace=trace.get(),
-        recorded=utcnow(),
-    )
-    await runtime.audit.record(domain, event)
 
 
 async def jwks(request: Request) -> Response:

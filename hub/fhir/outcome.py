@@ -74,7 +74,7 @@ def information(diagnostics: str) -> dict[str, Any]:
     return operation_outcome([Issue("informational", diagnostics, severity="information")])
 
 
-# Shorthands for the status codes of DESIGN.md §4, so call sites read as intent.
+# Shorthands for the status codes of README.md ("HTTP surface"), so call sites read as intent.
 def bad_request(diagnostics: str, *expression: str, code: str = "invalid") -> FhirError:
     return FhirError.single(400, code, diagnostics, *expression)
 

@@ -1,6 +1,6 @@
 """When to try a failed notification again, and how to describe the failure.
 
-The schedule (DESIGN.md §6): about 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, then
+The schedule (docs/architecture.md §4): about 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, then
 every 3 h, for 2 days from the first attempt. Each delay is jittered by ±20 % so
 that the deliveries that failed together during a receiver's outage do not all
 come back at the same instant; the bands do not overlap, so the schedule stays

@@ -1,4 +1,4 @@
-"""The notification request of DESIGN.md §7, and a per-endpoint concurrency limit.
+"""The notification request (README.md, "Subscriptions"; docs/architecture.md §4), and a per-endpoint concurrency limit.
 
 Sending is hub.net's job; this module decides what is sent and how many requests
 one receiver gets at once.

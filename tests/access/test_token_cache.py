@@ -21,7 +21,6 @@ from joserfc import jws
 from joserfc.jwk import KeySet, RSAKey
 from starlette.requests import Request
 
-import hub.api.auth as auth_module
 from hub.access.apps import AccessConfig
 from hub.access.keys import SigningKey, SigningKeys
 from hub.access.tokens import (
@@ -262,8 +261,8 @@ def test_a_cache_needs_room_for_one_entry() -> None:
         VerifiedTokens(max_entries=0)
 
 
-def test_the_hubs_cache_is_bounded_at_ten_thousand() -> None:
-    assert auth_module.VERIFIED_TOKENS.max_entries == 10_000
+def test_the_hubs_cache_is_bounded_at_ten_thousand(hub: Hub) -> None:
+    assert hub.runtime.verified_tokens.max_entries == 10_000
 
 
 # --- the access decision stays per request ------------------------------------------------
@@ -287,9 +286,7 @@ def hub(
     tmp_path: Path,
     hub_keys: SigningKeys,
     registry_data: Callable[[], dict[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Hub:
-    monkeypatch.setattr(auth_module, "VERIFIED_TOKENS", VerifiedTokens())
     matrix_file = tmp_path / "authz_matrix.yaml"
     shutil.copy(ROOT / "authz_matrix.yaml", matrix_file)
     apps_file = tmp_path / "apps.yaml"

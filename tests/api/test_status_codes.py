@@ -1,4 +1,4 @@
-"""The status codes of DESIGN.md §4, each with an OperationOutcome body and the trace headers.
+"""The status codes of README.md ("HTTP surface"), each with an OperationOutcome body and the trace headers.
 
 A table of requests against one hub per backend; the codes that need state of
 their own (410, 412, 428) are in test_rest.py, 413 has its own hub below.
@@ -92,7 +92,7 @@ CASES = [
     Case("unknown version", "GET", "/Patient/no-such-patient/_history/1", 404),
     Case("unsupported type", "GET", "/Observation", 404, code="not-found"),
     Case("unsupported type instance", "GET", "/Observation/1", 404),
-    # The token comes first (DESIGN.md §4), even for a type the hub does not serve.
+    # The token comes first (docs/architecture.md §3), even for a type the hub does not serve.
     Case("unknown type, no token", "GET", "/Observation", 401, client=None),
     Case("unknown route", "GET", "//test/nothing/here", 404, code="not-found"),
     Case("unknown route, root", "GET", "//", 404),

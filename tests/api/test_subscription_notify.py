@@ -1,4 +1,4 @@
-"""What a matching write sends, and to whom: DESIGN.md §6-8 over real HTTP and HTTPS.
+"""What a matching write sends, and to whom: docs/architecture.md §4-5 over real HTTP and HTTPS.
 
 Each test runs a real hub (trusting a throwaway CA) and real HTTPS receivers. A test
 that proves something is NOT sent waits until the hub's delivery queue is empty and a

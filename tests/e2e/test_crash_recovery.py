@@ -1,4 +1,4 @@
-"""At-least-once delivery across a crash (DESIGN.md §8), with `hub serve` killed -9.
+"""At-least-once delivery across a crash (docs/architecture.md §5), with `hub serve` killed -9.
 
 A write load runs against a real `hub serve` process while the receiver holds its
 answers, so notifications pile up queued and in flight; the process is killed with

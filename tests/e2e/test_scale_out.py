@@ -1,4 +1,4 @@
-"""Two `hub serve` processes on one PostgreSQL database (DESIGN.md §2, §6.3).
+"""Two `hub serve` processes on one PostgreSQL database (docs/architecture.md §2, §4).
 
 Delivery is coordinated through the database: in the happy path every notification is
 sent exactly once, whichever process took the write and whichever was woken; when the
