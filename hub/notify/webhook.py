@@ -1,4 +1,7 @@
-"""The notification request (README.md, "Subscriptions"; docs/architecture.md §4), and a per-endpoint concurrency limit.
+"""The notification request, and a per-endpoint concurrency limit.
+
+The request is the one README.md ("Subscriptions") shows; docs/architecture.md §4 says
+where it sits in the delivery path.
 
 Sending is hub.net's job; this module decides what is sent and how many requests
 one receiver gets at once.

@@ -1,4 +1,4 @@
-"""The status codes of README.md ("HTTP surface"), each with an OperationOutcome body and the trace headers.
+"""The status codes of README.md ("HTTP surface"), each with an OperationOutcome and trace headers.
 
 A table of requests against one hub per backend; the codes that need state of
 their own (410, 412, 428) are in test_rest.py, 413 has its own hub below.
