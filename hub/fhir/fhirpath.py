@@ -374,19 +374,53 @@ def _unquote(token: str) -> str:
 
 @dataclass(frozen=True)
 class Expression:
-    """A compiled FHIRPath expression: `evaluate(resource)` returns the values it selects."""
+    """A compiled FHIRPath expression: `evaluate(resource)` returns the values it selects.
+
+    `roots` are the top-level elements every branch of the expression starts from
+    (`Task.owner | Task.requester` → owner, requester), or None when a branch does not
+    start with `Type.element`. A resource with no key starting with a root (a choice
+    element `deceased` is stored as `deceasedBoolean`) selects nothing, so `evaluate`
+    returns at once: most search parameters of a type find nothing in a small resource.
+    """
 
     text: str
     _evaluator: _Evaluator
+    roots: tuple[str, ...] | None = None
 
     def evaluate(self, resource: Mapping[str, Any]) -> list[Any]:
+        roots = self.roots
+        if roots is not None and not any(key.startswith(roots) for key in resource):
+            return []
         return [node.value for node in self._evaluator([_Node(resource)], resource)]
+
+
+# A branch that navigates from the resource: `Type.element…`, perhaps in parentheses.
+_ROOTED_BRANCH = re.compile(r"\(*\s*[A-Z][A-Za-z]*\.([a-z][A-Za-z0-9]*)\b")
+# A function's arguments (`where(system = 'email')`): they filter what is there already.
+_ARGUMENTS = re.compile(r"(?<=[A-Za-z])\((?:[^()']|'(?:[^'\\]|\\.)*')*\)")
+# What can make something of nothing: `X.exists()` and `X and Y` are false, not empty,
+# when X is absent; comparisons and `is` are left out as well, to stay on the safe side.
+_FROM_NOTHING = re.compile(r"\bexists\b|\band\b|=|\bis\b|\bempty\b|\bnot\b")
+
+
+def _roots(expression: str) -> tuple[str, ...] | None:
+    """The top-level elements every branch starts from; None when unsure (see `Expression`)."""
+    roots = []
+    for branch in split_union(expression):
+        found = _ROOTED_BRANCH.match(branch)
+        outside = branch
+        while (stripped := _ARGUMENTS.sub("", outside)) != outside:
+            outside = stripped
+        if found is None or _FROM_NOTHING.search(outside):
+            return None
+        roots.append(found.group(1))
+    return tuple(dict.fromkeys(roots))
 
 
 @lru_cache(maxsize=1024)
 def compile_path(expression: str) -> Expression:
     """Compile `expression`, or raise `FhirPathError` if it uses unsupported FHIRPath."""
-    return Expression(expression, _Parser(expression).parse())
+    return Expression(expression, _Parser(expression).parse(), _roots(expression))
 
 
 def split_union(expression: str) -> Sequence[str]:

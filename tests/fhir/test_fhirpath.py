@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from hub.fhir.fhirpath import FhirPathError, compile_path, reference_target, split_union
+from hub.fhir.fhirpath import FhirPathError, _Node, compile_path, reference_target, split_union
 from hub.fhir.search_params import SUPPORTED_TYPES, params_for
 
 PATIENT: dict[str, Any] = {
@@ -110,3 +110,48 @@ def test_split_union_respects_parentheses_and_strings() -> None:
 )
 def test_reference_target(reference: str, expected: tuple[str, str] | None) -> None:
     assert reference_target(reference) == expected
+
+
+def _without(resource: dict[str, Any], roots: tuple[str, ...]) -> dict[str, Any]:
+    return {key: value for key, value in resource.items() if not key.startswith(roots)}
+
+
+def test_roots_are_skipped_only_where_the_full_evaluation_finds_nothing() -> None:
+    """The shortcut of `Expression.roots` never changes a result.
+
+    For every search parameter of every type, on every corpus resource with the
+    parameter's root elements removed, the full evaluation finds nothing (so
+    skipping it is sound); and with the roots present, shortcut and full evaluation
+    agree.
+    """
+    from tests.fhir.corpus import LIVE
+
+    checked = 0
+    for resource in LIVE:
+        for param in params_for(resource["resourceType"]).values():
+            expression = param.compiled
+            full = [node.value for node in expression._evaluator([_Node(resource)], resource)]
+            assert expression.evaluate(resource) == full, param.code
+            if expression.roots is None:
+                continue
+            stripped = _without(resource, expression.roots)
+            assert expression._evaluator([_Node(stripped)], stripped) == [], param.code
+            assert expression.evaluate(stripped) == []
+            checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize(
+    ("expression", "roots"),
+    [
+        ("Task.owner", ("owner",)),
+        ("Account.subject.where(resolve() is Patient) | Task.for", ("subject", "for")),
+        ("(ActivityDefinition.useContext.value as CodeableConcept)", ("useContext",)),
+        ("Patient.telecom.where(system='email')", ("telecom",)),
+        # Something from nothing: `exists()` and `and` are false, not empty, when absent.
+        ("Patient.deceased.exists() and Patient.deceased != false", None),
+        ("Patient.active = true", None),
+    ],
+)
+def test_roots(expression: str, roots: tuple[str, ...] | None) -> None:
+    assert compile_path(expression).roots == roots
