@@ -82,7 +82,7 @@ def append_links(domain: str, links: Sequence[tuple[int, str]], key: bytes) -> W
     for resource_pk, content in links:
         seq += 1
         digest = link_digest(key, digest, content)
-        rows.append({"domain": domain, "seq": seq, "resource_pk": resource_pk, "digest": digest})
+        rows.append((domain, seq, resource_pk, digest))
     yield from execute_many(_INSERT_LINK, rows)
     yield from execute(_MOVE_HEAD, {"head_domain": domain, "new_seq": seq, "new_digest": digest})
 

@@ -77,7 +77,7 @@ def _run_sqlite(connection: sqlite3.Connection, step: Execute) -> Result:
     try:
         if step.many is not None:
             cursor = connection.executemany(
-                compiled.sql, [compiled.arguments(params) for params in step.many]
+                compiled.sql, [compiled.row_arguments(row) for row in step.many]
             )
             return Result([], cursor.rowcount)
         cursor = connection.execute(compiled.sql, compiled.arguments(step.params))
@@ -111,7 +111,7 @@ async def _run_postgres(connection: Any, step: Execute) -> Result:
     try:
         if step.many is not None:
             await connection.executemany(
-                compiled.sql, [compiled.arguments(params) for params in step.many]
+                compiled.sql, [compiled.row_arguments(row) for row in step.many]
             )
             return Result([], len(step.many))
         arguments = compiled.arguments(step.params)

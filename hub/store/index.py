@@ -79,12 +79,11 @@ def write_index(
 
 def write_index_rows(owners: Sequence[tuple[int, str, str, IndexValues]]) -> Work[None]:
     """The index rows of several new resources: one statement per table for all of them."""
-    by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_table: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for resource_pk, domain, rtype, values in owners:
-        owner = {"resource_pk": resource_pk, "domain": domain, "rtype": rtype}
         for table, rows in _rows_by_table(values):
-            columns = ROW_COLUMNS[table.name]
-            by_table[table.name] += (owner | dict(zip(columns, row, strict=True)) for row in rows)
+            if rows:
+                by_table[table.name] += ((resource_pk, domain, rtype, *row) for row in rows)
     for table in INDEX_TABLES:
         yield from execute_many(_INSERTS[table.name], by_table.get(table.name, ()))
 

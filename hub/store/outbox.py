@@ -75,18 +75,12 @@ class Trigger:
     trace_id: str
     now: datetime
 
-    def columns(self) -> dict[str, Any]:
-        return {
-            "domain": self.domain,
-            "resource_type": self.resource_type,
-            "resource_id": self.resource_id,
-            "version_id": self.version_id,
-            "source_device": self.source_device,
-            "request_id": self.request_id,
-            "trace_id": self.trace_id,
-            "next_attempt_at": self.now,
-            "created_at": self.now,
-        }
+    def values(self) -> tuple[Any, ...]:
+        """The shared columns, in `_COLUMNS` order (due now, created now)."""
+        return (
+            self.domain, self.resource_type, self.resource_id, self.version_id,
+            self.source_device, self.request_id, self.trace_id, self.now, self.now,
+        )  # fmt: skip
 
 
 _COLUMNS = (
@@ -121,18 +115,19 @@ _COMPLETE = Prepared(delete(OUTBOX).where(*_OWNED))
 _RENEW = Prepared(update(OUTBOX).where(*_OWNED).values(lease_until=bindparam("until")))
 
 
-def _row(trigger: Trigger, **fields: Any) -> dict[str, Any]:
+def _row(
+    trigger: Trigger,
+    channel: str,
+    *,
+    subscription_id: str | None = None,
+    recipient: str | None = None,
+    kind: str | None = None,
+) -> tuple[Any, ...]:
+    """A new row's values in `_COLUMNS` order: due now, not yet tried."""
     return (
-        trigger.columns()
-        | {
-            "subscription_id": None,
-            "recipient": None,
-            "kind": None,
-            "state": PENDING,
-            "attempts": 0,
-        }
-        | fields
-    )
+        *trigger.values(),
+        channel, subscription_id, recipient, kind, PENDING, 0,
+    )  # fmt: skip
 
 
 def enqueue_webhooks(trigger: Trigger, subscription_ids: Sequence[str]) -> Work[int]:
@@ -160,15 +155,14 @@ def enqueue_webhooks(trigger: Trigger, subscription_ids: Sequence[str]) -> Work[
             if not coalesced.rowcount:
                 fresh.append(subscription_id)
     yield from execute_many(
-        _INSERT,
-        [_row(trigger, channel="rest-hook", subscription_id=sid) for sid in fresh],
+        _INSERT, [_row(trigger, "rest-hook", subscription_id=sid) for sid in fresh]
     )
     return len(subscription_ids)
 
 
 def enqueue_email(trigger: Trigger, *, recipient: str, kind: str) -> Work[None]:
     """Queue a patient e-mail (a notice or an invitation)."""
-    yield from execute(_INSERT, _row(trigger, channel="email", recipient=recipient, kind=kind))
+    yield from execute_many(_INSERT, [_row(trigger, "email", recipient=recipient, kind=kind)])
 
 
 def announce() -> Work[None]:

@@ -220,7 +220,10 @@ def insert_new(versions: Sequence[NewVersion]) -> Work[list[int]]:
         pks.append(int(inserted.scalar()))
     yield from execute_many(
         _INSERT_VERSION,
-        [_history_row(pk, new, deleted=False) for pk, new in zip(pks, versions, strict=True)],
+        [
+            (pk, new.version_id, new.last_updated, False, new.method, new.content)
+            for pk, new in zip(pks, versions, strict=True)
+        ],
     )
     yield from write_index_rows(
         [(pk, new.domain, new.rtype, new.values) for pk, new in zip(pks, versions, strict=True)]

@@ -25,9 +25,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import BindParameter
+from sqlalchemy import BindParameter, DateTime
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.dialects.sqlite import pysqlite
 from sqlalchemy.engine import Dialect
@@ -74,6 +75,21 @@ class Compiled:
     binds: Mapping[str, Callable[[Any], Any]]
     results: tuple[Callable[[Any], Any] | None, ...]
     returns_rows: bool
+    # For an INSERT of given columns: where each parameter is in a row of those columns.
+    positions: tuple[int, ...] | None = None
+
+    def row_arguments(self, row: Sequence[Any]) -> list[Any]:
+        """Positional arguments for a row given in the statement's `column_keys` order."""
+        if self.positions is None:
+            raise TypeError("rows need a Prepared INSERT with column_keys")
+        binds = self.binds
+        values = [row[position] for position in self.positions]
+        if binds:
+            for index, name in enumerate(self.names):
+                convert = binds.get(name)
+                if convert is not None and values[index] is not None:
+                    values[index] = convert(values[index])
+        return values
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any]:
         """Positional arguments for `params` (missing names take the statement's own values)."""
@@ -97,11 +113,40 @@ class Compiled:
         ]
 
 
-def compile_for(statement: ClauseElement, dialect_name: str, **kwargs: Any) -> Compiled:
+def _sqlite_datetime(value: datetime) -> Any:
+    """A naive datetime as SQLAlchemy's SQLite dialect stores it, at C speed.
+
+    `2026-12-04 16:40:02.120084`: always six fraction digits, so the text sorts and
+    compares as the instant does. An aware value (never stored by the hub) is left
+    to SQLAlchemy's own conversion.
+    """
+    if value.tzinfo is not None:
+        return _SQLALCHEMY_SQLITE_DATETIME(value)
+    return value.isoformat(" ", "microseconds")
+
+
+_SQLALCHEMY_SQLITE_DATETIME: Callable[[Any], Any] = DateTime().dialect_impl(
+    DIALECTS["sqlite"]
+).bind_processor(DIALECTS["sqlite"]) or (lambda value: value)
+
+
+def _bind_processor(type_: Any, dialect_name: str) -> Callable[[Any], Any] | None:
+    if dialect_name == "sqlite" and isinstance(type_, DateTime):
+        return _sqlite_datetime
+    dialect = DIALECTS[dialect_name]
+    processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
+    return processor
+
+
+def compile_for(
+    statement: ClauseElement, dialect_name: str, *, column_keys: Sequence[str] = ()
+) -> Compiled:
     """Compile `statement` (a SQLAlchemy Core statement) for `dialect_name`."""
     dialect = DIALECTS[dialect_name]
     compiled = statement.compile(
-        dialect=dialect, compile_kwargs={"render_postcompile": True}, **kwargs
+        dialect=dialect,
+        compile_kwargs={"render_postcompile": True},
+        column_keys=list(column_keys) or None,
     )
     assert isinstance(compiled, SQLCompiler)
     names = tuple(compiled.positiontup or ())
@@ -110,7 +155,7 @@ def compile_for(statement: ClauseElement, dialect_name: str, **kwargs: Any) -> C
         bind: BindParameter[Any] | None = compiled.binds.get(name)
         if bind is None:
             continue
-        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        processor = _bind_processor(bind.type, dialect_name)
         if processor is not None:
             binds[name] = processor
     exported = getattr(statement, "exported_columns", ())
@@ -133,6 +178,9 @@ def compile_for(statement: ClauseElement, dialect_name: str, **kwargs: Any) -> C
         binds=binds,
         results=results,
         returns_rows=returns_rows,
+        positions=tuple(column_keys.index(name) for name in names)
+        if column_keys and set(names) <= set(column_keys)
+        else None,
     )
 
 
@@ -158,21 +206,23 @@ class Prepared:
     def compiled(self, dialect_name: str) -> Compiled:
         found = self._compiled.get(dialect_name)
         if found is None:
-            kwargs: dict[str, Any] = {}
-            if self._column_keys:
-                kwargs["column_keys"] = self._column_keys
-            found = compile_for(self.statement, dialect_name, **kwargs)
+            found = compile_for(self.statement, dialect_name, column_keys=self._column_keys)
             self._compiled[dialect_name] = found
         return found
 
 
 @dataclass(frozen=True)
 class Execute:
-    """Run a statement once (`params`), or once per mapping of `many` (executemany)."""
+    """Run a statement once (`params`), or once per row of `many` (executemany).
+
+    The rows of `many` are tuples in the order of the statement's `column_keys`: the
+    index rows of one write are many, and building a mapping for each costs more
+    than inserting it.
+    """
 
     statement: Prepared | ClauseElement
     params: Mapping[str, Any] = field(default_factory=dict)
-    many: Sequence[Mapping[str, Any]] | None = None
+    many: Sequence[Sequence[Any]] | None = None
 
     def compiled(self, dialect_name: str) -> Compiled:
         if isinstance(self.statement, Prepared):
@@ -203,8 +253,8 @@ def execute(
     return result
 
 
-def execute_many(statement: Prepared, rows: Sequence[Mapping[str, Any]]) -> Work[None]:
-    """One statement for every mapping in `rows` (nothing at all when there are none)."""
+def execute_many(statement: Prepared, rows: Sequence[Sequence[Any]]) -> Work[None]:
+    """One INSERT per row, each in the statement's `column_keys` order (none for no rows)."""
     if rows:
         yield Execute(statement, many=rows)
 
