@@ -1,7 +1,9 @@
 """The FHIR REST endpoints: thin handlers around `hub.interactions`.
 
 Every request follows docs/architecture.md §3: trace ids (middleware) → token (401) →
-permission (403) → body (400/422) → the interaction → AuditEvent → response.
+permission (403) → body (400/422) → the interaction → AuditEvent → response. The
+interaction returns what its AuditEvent names (`Audit`); a refused or failed request's
+event names what the request asked for.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import UTC
 from email.utils import format_datetime
 from urllib.parse import parse_qsl
@@ -28,12 +31,21 @@ from hub.fhir.model import is_supported
 from hub.fhir.outcome import FhirError, information, not_found
 from hub.interactions import reads, writes
 from hub.interactions.effects import rules_for
-from hub.interactions.exchange import Exchange, Prefer
+from hub.interactions.exchange import Audit, Exchange, Prefer
 from hub.runtime import Runtime
 
 log = logging.getLogger("hub.api")
 
-Operation = Callable[[Exchange], Awaitable[Response]]
+
+@dataclass(frozen=True)
+class Answer:
+    """An interaction's response, with what its AuditEvent names."""
+
+    response: Response
+    audit: Audit
+
+
+Operation = Callable[[Exchange], Awaitable[Answer]]
 
 _BODY_TYPES = (FHIR_JSON, PLAIN_JSON)
 _FORMATS = {
@@ -131,39 +143,53 @@ async def perform(
         client_address=_client_address(request),
         rtype=rtype,
         prefer=Prefer.parse(request.headers.get("prefer")),
-        # What was asked for, so a request refused before the interaction runs (401,
-        # 404 of an unsupported type, 406) still tells the auditor what was tried.
-        entities=_requested(request, interaction, rtype),
     )
+    # What was asked for, so a request refused before or by the interaction (401, 403,
+    # 404 of an unsupported type, 406, ...) still tells the auditor what was tried.
+    requested = _requested(request, interaction, rtype)
     media_type = FHIR_JSON
     try:
         media_type = response_media_type(request)
-        exchange.access = authenticate(runtime, request, domain)
+        exchange = replace(exchange, access=authenticate(runtime, request, domain))
         if rtype is not None and not is_supported(rtype):
             raise not_found(f"Resource type {rtype!r} is not supported by this server")
-        response = await operation(exchange)
+        answer = await operation(exchange)
+        response = answer.response
         response.media_type = media_type
         response.headers["content-type"] = f"{media_type}; charset=utf-8"
-        await exchange.finish(response.status_code)
+        await exchange.finish(response.status_code, answer.audit)
         return response
+    except _Refused as refused:
+        await exchange.fail(refused.error, refused.entities)
+        return error_response(refused.error, media_type)
     except FhirError as error:
-        await exchange.fail(error)
+        await exchange.fail(error, requested)
         return error_response(error, media_type)
     except Exception:
         # Audit the failure if the database still lets us; the error middleware answers 500.
         with contextlib.suppress(Exception):
-            await exchange.fail(internal_error())
+            await exchange.fail(internal_error(), requested)
         raise
 
 
-def _requested(request: Request, interaction: str, rtype: str | None) -> list[Entity]:
+class _Refused(Exception):
+    """A refusal that names more than the URL shows (a `POST _search` body)."""
+
+    def __init__(self, error: FhirError, entities: tuple[Entity, ...]) -> None:
+        super().__init__(error.text)
+        self.error = error
+        self.entities = entities
+
+
+def _requested(request: Request, interaction: str, rtype: str | None) -> tuple[Entity, ...]:
+    """The entities a request names: `Type/id[/_history/vid]`, or a search's query string."""
     params = request.path_params
     if rtype is not None and "id" in params:
         version = f"/_history/{params['vid']}" if "vid" in params else ""
-        return [Entity(what=f"{rtype}/{params['id']}{version}")]
+        return (Entity(what=f"{rtype}/{params['id']}{version}"),)
     if interaction == "search-type" and request.url.query:
-        return [query_entity(request.url.query)]
-    return []
+        return (query_entity(request.url.query),)
+    return ()
 
 
 def _resource_headers(version: reads.Found) -> dict[str, str]:
@@ -173,25 +199,26 @@ def _resource_headers(version: reads.Found) -> dict[str, str]:
     }
 
 
-def _written(exchange: Exchange, written: writes.Written) -> Response:
+def _written(exchange: Exchange, written: writes.Written) -> Answer:
     base = exchange.runtime.fhir_base(exchange.domain)
     headers = _resource_headers(written)
     headers["Location"] = f"{base}/{written.rtype}/{written.id}/_history/{written.version_id}"
     preference = exchange.prefer.return_
     if preference == "minimal":
-        return FhirResponse(None, written.status, headers)
+        return Answer(FhirResponse(None, written.status, headers), written.audit)
     if preference == "OperationOutcome":
         verb = "created" if written.status == 201 else "updated"
-        return FhirResponse(
-            information(f"{written.rtype}/{written.id} {verb}, version {written.version_id}"),
-            written.status,
-            headers,
-        )
-    return FhirResponse(written.content, written.status, headers)
+        outcome = information(f"{written.rtype}/{written.id} {verb}, version {written.version_id}")
+        return Answer(FhirResponse(outcome, written.status, headers), written.audit)
+    return Answer(FhirResponse(written.content, written.status, headers), written.audit)
 
 
-def _found(found: reads.Found) -> Response:
-    return FhirResponse(found.content, 200, _resource_headers(found))
+def _found(found: reads.Found) -> Answer:
+    return Answer(FhirResponse(found.content, 200, _resource_headers(found)), found.audit)
+
+
+def _listed(listed: reads.Listed) -> Answer:
+    return Answer(FhirResponse(listed.bundle), listed.audit)
 
 
 # --- handlers ---------------------------------------------------------------------------
@@ -212,7 +239,7 @@ async def metadata(request: Request) -> Response:
     statement = capability_statement(
         runtime.fhir_base(domain), runtime.settings.token_endpoint(domain), runtime.version
     )
-    await exchange.finish(200)
+    await exchange.finish(200, Audit())
     return FhirResponse(statement, 200, media_type=media_type)
 
 
@@ -232,7 +259,7 @@ async def type_endpoint(request: Request) -> Response:
 async def search_post(request: Request) -> Response:
     rtype = request.path_params["rtype"]
 
-    async def operation(exchange: Exchange) -> Response:
+    async def operation(exchange: Exchange) -> Answer:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             raise FhirError.single(
@@ -242,18 +269,22 @@ async def search_post(request: Request) -> Response:
         params = list(parse_qsl(request.url.query, keep_blank_values=True))
         params += parse_qsl(body, keep_blank_values=True)
         query_string = "&".join(filter(None, (request.url.query, body)))
-        return await _search(exchange, rtype, params, query_string)
+        try:
+            return await _search(exchange, rtype, params, query_string)
+        except FhirError as error:
+            # The body is part of what was asked: the refusal names it too.
+            raise _Refused(error, (query_entity(query_string),)) from error
 
     return await perform(request, "search-type", operation, rtype=rtype)
 
 
 async def _search(
     exchange: Exchange, rtype: str, params: list[tuple[str, str]], query_string: str
-) -> Response:
-    return FhirResponse(await reads.search(exchange, rtype, params, query_string))
+) -> Answer:
+    return _listed(await reads.search(exchange, rtype, params, query_string))
 
 
-async def _create(request: Request, exchange: Exchange, rtype: str) -> Response:
+async def _create(request: Request, exchange: Exchange, rtype: str) -> Answer:
     body = await read_body(request, exchange.runtime.settings.max_body_bytes)
     return _written(exchange, await writes.create(exchange, rtype, body))
 
@@ -270,11 +301,11 @@ async def instance(request: Request) -> Response:
     return await perform(request, "delete", lambda ex: _delete(ex, rtype, id), rtype=rtype)
 
 
-async def _read(exchange: Exchange, rtype: str, id: str) -> Response:
+async def _read(exchange: Exchange, rtype: str, id: str) -> Answer:
     return _found(await reads.read(exchange, rtype, id))
 
 
-async def _update(request: Request, exchange: Exchange, rtype: str, id: str) -> Response:
+async def _update(request: Request, exchange: Exchange, rtype: str, id: str) -> Answer:
     if rules_for(rtype).append_only:
         raise writes.append_only(rtype)
     body = await read_body(request, exchange.runtime.settings.max_body_bytes)
@@ -283,18 +314,18 @@ async def _update(request: Request, exchange: Exchange, rtype: str, id: str) -> 
     )
 
 
-async def _delete(exchange: Exchange, rtype: str, id: str) -> Response:
+async def _delete(exchange: Exchange, rtype: str, id: str) -> Answer:
     deleted = await writes.delete(exchange, rtype, id)
-    text = f"{rtype}/{id} deleted" if deleted else f"{rtype}/{id} was already deleted"
-    return FhirResponse(information(text), 200)
+    text = f"{rtype}/{id} deleted" if deleted.deleted else f"{rtype}/{id} was already deleted"
+    return Answer(FhirResponse(information(text), 200), deleted.audit)
 
 
 async def history(request: Request) -> Response:
     rtype, id = request.path_params["rtype"], request.path_params["id"]
     params = list(parse_qsl(request.url.query, keep_blank_values=True))
 
-    async def operation(exchange: Exchange) -> Response:
-        return FhirResponse(await reads.history(exchange, rtype, id, params))
+    async def operation(exchange: Exchange) -> Answer:
+        return _listed(await reads.history(exchange, rtype, id, params))
 
     return await perform(request, "history-instance", operation, rtype=rtype)
 
@@ -302,7 +333,7 @@ async def history(request: Request) -> Response:
 async def vread(request: Request) -> Response:
     rtype, id, version = (request.path_params[name] for name in ("rtype", "id", "vid"))
 
-    async def operation(exchange: Exchange) -> Response:
+    async def operation(exchange: Exchange) -> Answer:
         return _found(await reads.vread(exchange, rtype, id, version))
 
     return await perform(request, "vread", operation, rtype=rtype)

@@ -24,17 +24,18 @@ from hub.runtime import Runtime
 
 def public_exchange(request: Request, runtime: Runtime, domain: str, interaction: str) -> Exchange:
     """An Exchange that names the caller if it sent a valid token, and nobody otherwise."""
-    exchange = Exchange(
+    access = None
+    if "authorization" in request.headers:
+        with contextlib.suppress(FhirError):
+            access = authenticate(runtime, request, domain)
+    return Exchange(
         runtime,
         domain,
         interaction,
         trace.get(),
         request.client.host if request.client else None,
+        access=access,
     )
-    if "authorization" in request.headers:
-        with contextlib.suppress(FhirError):
-            exchange.access = authenticate(runtime, request, domain)
-    return exchange
 
 
 def interaction_for(method: str, segments: list[str]) -> str:
@@ -51,7 +52,10 @@ def interaction_for(method: str, segments: list[str]) -> str:
 async def audit_refusal(
     request: Request, error: FhirError, *, entities: Sequence[Entity] = ()
 ) -> None:
-    """Record `error` for a request under `/{domain}/fhir/` of a known domain (else nothing)."""
+    """Record `error`, naming `entities`, for a request under `/{domain}/fhir/` of a known domain.
+
+    A request anywhere else is not recorded: no domain, no trail to write it in.
+    """
     segments = request.url.path.strip("/").split("/")
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if runtime is None or len(segments) < 2 or segments[1] != "fhir":
@@ -62,5 +66,4 @@ async def audit_refusal(
     exchange = public_exchange(
         request, runtime, domain, interaction_for(request.method, segments[2:])
     )
-    exchange.entities = list(entities)
-    await exchange.fail(error)
+    await exchange.fail(error, entities)

@@ -7,12 +7,14 @@ that may resolve DNS (before any transaction), whether it is append-only or
 protected from deletion, and what its writes and deletes do inside their unit
 of work (the subscription generation, patient e-mails, chaining a posted
 AuditEvent). Every write is then matched against live Subscriptions into the
-outbox, in the same unit of work.
+outbox, in the same unit of work. The effects return what the write's
+AuditEvent should say about them (`Effects.details`, e.g. the patient-notice
+decision), which the write puts in the event it appends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 from hub.access.apps import Snapshot
 from hub.access.policy import subscriber_may_read, subscriber_origins
 from hub.fhir import jsonio
-from hub.fhir.match import OriginsOf, chain_targets, matches
+from hub.fhir.match import OriginsOf, Target, chain_targets, matches
 from hub.fhir.model import Rules
 from hub.fhir.outcome import FhirError, forbidden, unprocessable
 from hub.fhir.query import parse_criteria, parse_search
@@ -29,6 +31,7 @@ from hub.interactions.exchange import Exchange
 from hub.interactions.reads import refuse_unreadable_chains
 from hub.net import UnsafeDestination, check_url
 from hub.notify.mail import NoticeKind, decide_patient_notice
+from hub.notify.registry import LiveSubscription
 from hub.rules.audit_event import check_kt2_essentials
 from hub.rules.bsn import BSN_SYSTEM
 from hub.rules.notification import email_of, patient_bsn, patient_email, validate_communication
@@ -52,17 +55,32 @@ class Change:
     trigger: outbox.Trigger
 
 
+@dataclass(frozen=True)
+class Effects:
+    """What a write's effects did: whether they queued deliveries, and facts for its audit.
+
+    `details` are (type, valueString) pairs for the written entity's `detail` in the
+    write's AuditEvent, e.g. `("patient-notice", "invitation")`.
+    """
+
+    queued: bool = False
+    details: tuple[tuple[str, str], ...] = ()
+
+
+NOTHING = Effects()
+
+
 # Business rules: may resolve DNS, so they run before any transaction opens.
 BeforeWrite = Callable[
     [Exchange, dict[str, Any], Mapping[str, Any] | None], Awaitable[dict[str, Any]]
 ]
-# Inside the write's unit of work; True when deliveries were queued.
-AfterWrite = Callable[[Change], Work[bool]]
+# Inside the write's unit of work.
+AfterWrite = Callable[[Change], Work[Effects]]
 AfterDelete = Callable[[Exchange], Work[None]]
 
 
-def _nothing_queued(_written: Change) -> Work[bool]:
-    return returning(False)
+def _no_effects(_written: Change) -> Work[Effects]:
+    return returning(NOTHING)
 
 
 def _nothing_to_do(_exchange: Exchange) -> Work[None]:
@@ -91,7 +109,7 @@ class TypeRules:
     structural: Rules | None = None
     before_write: BeforeWrite = _unchanged
     check_deletable: Callable[[Exchange, str], None] = _deletable
-    after_write: AfterWrite = _nothing_queued
+    after_write: AfterWrite = _no_effects
     after_delete: AfterDelete = _nothing_to_do
 
 
@@ -123,10 +141,10 @@ async def _subscription_rules(
     return normalise_status(resource, current=previous)
 
 
-def _subscription_changed(written: Change) -> Work[bool]:
+def _subscription_changed(written: Change) -> Work[Effects]:
     """Every process's subscription index sees the change at its next write."""
     yield from bump_generation(written.exchange.domain)
-    return False
+    return NOTHING
 
 
 def _subscription_deleted(exchange: Exchange) -> Work[None]:
@@ -150,10 +168,10 @@ def _registered_email(domain: str, bsn: str | None) -> Work[str | None]:
     return None
 
 
-def _queue_patient_notice(written: Change) -> Work[bool]:
-    """Queue the patient's e-mail (notice or invitation) and note the decision for the audit."""
+def _queue_patient_notice(written: Change) -> Work[Effects]:
+    """Queue the patient's e-mail (notice or invitation); the decision is for the audit."""
     if written.version.version_id != 1:
-        return False
+        return NOTHING
     exchange = written.exchange
     communication = written.version.resource
     settings = exchange.runtime.settings
@@ -172,8 +190,10 @@ def _queue_patient_notice(written: Change) -> Work[bool]:
         yield from outbox.enqueue_email(
             written.trigger, recipient=notice.address, kind=notice.kind.value
         )
-    exchange.details.append(("patient-notice", decision))
-    return settings.smtp_url is not None and notice.kind is not NoticeKind.NONE
+    return Effects(
+        queued=settings.smtp_url is not None and notice.kind is not NoticeKind.NONE,
+        details=(("patient-notice", decision),),
+    )
 
 
 # --- AuditEvent and Device -------------------------------------------------------------
@@ -183,14 +203,14 @@ def _audit_essentials(resource: Mapping[str, Any]) -> list[Any]:
     return list(check_kt2_essentials(resource))
 
 
-def _chain_posted(written: Change) -> Work[bool]:
+def _chain_posted(written: Change) -> Work[Effects]:
     """An application's own AuditEvent joins the domain's chain too."""
     yield from append_links(
         written.row.domain,
         [(written.row.pk, written.row.content)],
         written.exchange.runtime.chain_key,
     )
-    return False
+    return NOTHING
 
 
 def _registered_device(exchange: Exchange, id: str) -> None:
@@ -237,29 +257,60 @@ def check_essentials(rtype: str, resource: Mapping[str, Any]) -> None:
 # --- every write: notifications --------------------------------------------------------
 
 
-def after_write(written: Change) -> Work[bool]:
-    """The type's effects, then subscription matching; True when deliveries were queued."""
-    queued = yield from rules_for(written.version.rtype).after_write(written)
-    notified = yield from _queue_notifications(written)
-    return queued or notified
+def after_write(written: Change, early: Matched | None = None) -> Work[Effects]:
+    """The type's effects, then subscription matching: queued when either queued deliveries.
+
+    `early` is the matching done before the unit of work (`match_early`); it is used
+    when the domain's subscription generation, read in this unit, is still the one
+    it was matched against, and the matching is done again here otherwise.
+    """
+    effects = yield from rules_for(written.version.rtype).after_write(written)
+    notified = yield from _queue_notifications(written, early)
+    return Effects(queued=effects.queued or notified, details=effects.details)
 
 
-def _queue_notifications(written: Change) -> Work[bool]:
-    exchange, version = written.exchange, written.version
-    runtime = exchange.runtime
-    yield from runtime.subscriptions.ensure_current(exchange.domain)
-    rtype = version.rtype
-    candidates = runtime.subscriptions.candidates(
-        exchange.domain, rtype, version.values, version.last_updated
-    )
-    if not candidates:
-        return False
-    needed: set[tuple[str, str]] = set()
-    for subscription in candidates:
-        needed |= chain_targets(subscription.query, version.values)
-    targets = (yield from load_chain_targets(exchange.domain, needed)) if needed else {}
+@dataclass(frozen=True)
+class Matched:
+    """The Subscriptions a version matched, against the index at `generation`."""
+
+    generation: int
+    subscription_ids: tuple[str, ...]
+
+
+def match_early(exchange: Exchange, version: NewVersion) -> Matched | None:
+    """Match `version` before its unit of work, against the index this process holds.
+
+    Matching is pure Python over the in-memory index: done here, in the request's
+    task, it stays out of the database's critical section. None when the domain's
+    index is not loaded yet, or when a candidate's criteria chain into other
+    resources (their targets are read in the unit of work).
+    """
+    # One index object, loaded at one generation: its generation and its candidates agree.
+    index = exchange.runtime.subscriptions.loaded(exchange.domain)
+    if index is None:
+        return None
+    candidates = index.candidates(version.rtype, version.values, version.last_updated)
+    found = _matching(exchange, version, candidates, targets=None)
+    return None if found is None else Matched(index.generation, found)
+
+
+def _matching(
+    exchange: Exchange,
+    version: NewVersion,
+    candidates: Sequence[LiveSubscription],
+    targets: Mapping[tuple[str, str], Target] | None,
+) -> tuple[str, ...] | None:
+    """Ids of the `candidates` that `version` matches and whose owner may read it.
+
+    With `targets` None, a candidate whose criteria chain into other resources
+    makes the answer None (unknown) instead.
+    """
+    runtime, domain, rtype = exchange.runtime, exchange.domain, version.rtype
+    if targets is None and any(chain_targets(s.query, version.values) for s in candidates):
+        return None
+    known = targets or {}
     snapshot = runtime.access.snapshot
-    matched = [
+    return tuple(
         subscription.id
         for subscription in candidates
         if subscription.owner is not None
@@ -267,15 +318,30 @@ def _queue_notifications(written: Change) -> Work[bool]:
             subscription.query,
             version.resource,
             version.values,
-            resolve=lambda t, i: targets.get((t, i)),
+            resolve=lambda t, i: known.get((t, i)),
             # A chain only looks into what the subscriber may read, as its search would.
-            readable=_readable_by(snapshot, exchange.domain, subscription.owner),
+            readable=_readable_by(snapshot, domain, subscription.owner),
         )
         # Fail closed: a subscriber never hears of what it may not read.
-        and subscriber_may_read(
-            snapshot, exchange.domain, subscription.owner, rtype, version.origin
+        and subscriber_may_read(snapshot, domain, subscription.owner, rtype, version.origin)
+    )
+
+
+def _queue_notifications(written: Change, early: Matched | None) -> Work[bool]:
+    exchange, version = written.exchange, written.version
+    index = exchange.runtime.subscriptions
+    generation = yield from index.ensure_current(exchange.domain)
+    if early is not None and early.generation == generation:
+        matched = early.subscription_ids
+    else:
+        candidates = index.candidates(
+            exchange.domain, version.rtype, version.values, version.last_updated
         )
-    ]
+        needed: set[tuple[str, str]] = set()
+        for subscription in candidates:
+            needed |= chain_targets(subscription.query, version.values)
+        targets = (yield from load_chain_targets(exchange.domain, needed)) if needed else {}
+        matched = _matching(exchange, version, candidates, targets) or ()
     if not matched:
         return False
     yield from outbox.enqueue_webhooks(written.trigger, matched)

@@ -1,14 +1,18 @@
-"""One FHIR interaction in progress: who asks, what for, and what it touched.
+"""One FHIR interaction in progress: who asks, what for, and what its AuditEvent names.
 
-The API layer makes an `Exchange` per request; the interaction fills in the
-entities it touched; `finish` / `fail` record the AuditEvent. A write records
-its AuditEvent inside its own transaction (and sets `audited`); everything
-else is recorded through the group-committing `AuditWriter` before the
-response leaves.
+The API layer makes an `Exchange` per request, the request's context, and
+replaces it (`dataclasses.replace`) with one that carries the caller's
+`Access` once the token is verified; nothing changes it afterwards. An
+interaction returns an `Audit` with its result: the entities it touched, and
+whether it already recorded its AuditEvent inside its own unit of work (a
+write). `finish` records the AuditEvent of a success that did not, `fail` the
+one of a refused or failed request, through the group-committing `AuditWriter`,
+before the response leaves.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,8 +50,22 @@ class Prefer:
         return cls(return_, strict)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Audit:
+    """What a successful interaction's AuditEvent names.
+
+    `recorded` is True when the interaction appended its AuditEvent itself, inside
+    its own unit of work (a write); the API then records nothing more.
+    """
+
+    entities: tuple[Entity, ...] = ()
+    recorded: bool = False
+
+
+@dataclass(frozen=True)
 class Exchange:
+    """The context of one request: where, which interaction, who asks (once authenticated)."""
+
     runtime: Runtime
     domain: str
     interaction: str  # a restful-interaction code: create, read, search-type, ...
@@ -56,10 +74,6 @@ class Exchange:
     rtype: str | None = None
     prefer: Prefer = field(default_factory=Prefer)
     access: Access | None = None
-    entities: list[Entity] = field(default_factory=list)
-    # Facts about the written resource for its AuditEvent (entity.detail), e.g. patient-notice.
-    details: list[tuple[str, str]] = field(default_factory=list)
-    audited: bool = False
 
     @property
     def caller(self) -> Caller | None:
@@ -71,7 +85,10 @@ class Exchange:
             raise forbidden()
         return self.access
 
-    def audit_event(self, status: int, description: str | None = None) -> dict[str, object]:
+    def audit_event(
+        self, status: int, entities: Sequence[Entity], description: str | None = None
+    ) -> dict[str, object]:
+        """This request's REST AuditEvent, naming `entities`."""
         caller = self.caller
         return rest_event(
             interaction=self.interaction,
@@ -82,18 +99,20 @@ class Exchange:
             hub_device=HUB_DEVICE,
             site=self.runtime.settings.site,
             trace=self.trace,
-            entities=self.entities,
+            entities=entities,
             recorded=utcnow(),
         )
 
-    async def finish(self, status: int) -> None:
-        """Audit a successful interaction that did not audit itself in its transaction."""
-        if not self.audited:
-            await self.runtime.audit.record(self.domain, self.audit_event(status))
-            self.audited = True
+    async def finish(self, status: int, audit: Audit) -> None:
+        """Audit a successful interaction, unless it recorded its AuditEvent in its own unit."""
+        if not audit.recorded:
+            await self.runtime.audit.record(self.domain, self.audit_event(status, audit.entities))
 
-    async def fail(self, error: FhirError) -> None:
-        """Audit a refused or failed interaction (outcome 4 or 8, with the reason)."""
-        self.audited = False
-        await self.runtime.audit.record(self.domain, self.audit_event(error.status, error.text))
-        self.audited = True
+    async def fail(self, error: FhirError, entities: Sequence[Entity] = ()) -> None:
+        """Audit a refused or failed interaction (outcome 4 or 8, with the reason).
+
+        `entities` are what the request asked for: the interaction's own result never came.
+        """
+        await self.runtime.audit.record(
+            self.domain, self.audit_event(error.status, entities, error.text)
+        )

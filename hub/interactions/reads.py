@@ -5,6 +5,10 @@ SQL to the origins the caller may read, so totals and paging never count what
 the caller cannot see. A chained parameter looks into the referenced type, so it
 is narrowed to the targets the caller may read, and refused (403) like a search
 of that type when the caller may read none of it.
+
+Each returns, with its result, the `Audit` its AuditEvent names: the versions
+it returned (and a search's query). The API records that event before the
+response leaves.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from hub.fhir import jsonio
 from hub.fhir.bundle import Entry, bundle, format_instant
 from hub.fhir.outcome import FhirError, Issue, bad_request, forbidden, not_found, operation_outcome
 from hub.fhir.query import Query, parse_search
-from hub.interactions.exchange import Exchange
+from hub.interactions.exchange import Audit, Exchange
 from hub.store import resources
 from hub.store.resources import StoredRow
 from hub.store.search import search as run_search
@@ -28,13 +32,22 @@ from hub.store.search import search as run_search
 
 @dataclass(frozen=True)
 class Found:
-    """A resource version to return, with what the HTTP headers need."""
+    """A resource version to return, with what the HTTP headers and the AuditEvent need."""
 
     rtype: str
     id: str
     version_id: int
     last_updated: datetime
     content: str
+    audit: Audit
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A searchset or history Bundle, with what its AuditEvent names."""
+
+    bundle: str
+    audit: Audit
 
 
 def gone(rtype: str, id: str) -> FhirError:
@@ -47,7 +60,6 @@ def _version_entity(rtype: str, id: str, version_id: int) -> Entity:
 
 async def _readable_current(exchange: Exchange, rtype: str, id: str) -> StoredRow:
     access = exchange.authorised()
-    exchange.entities = [Entity(what=f"{rtype}/{id}")]
     row = await exchange.runtime.database.read(resources.current(exchange.domain, rtype, id))
     if row is None:
         raise not_found(f"{rtype}/{id} does not exist")
@@ -60,8 +72,8 @@ async def read(exchange: Exchange, rtype: str, id: str) -> Found:
     row = await _readable_current(exchange, rtype, id)
     if row.deleted:
         raise gone(rtype, id)
-    exchange.entities = [_version_entity(rtype, id, row.version_id)]
-    return Found(rtype, id, row.version_id, row.last_updated, row.content)
+    audit = Audit((_version_entity(rtype, id, row.version_id),))
+    return Found(rtype, id, row.version_id, row.last_updated, row.content, audit)
 
 
 async def vread(exchange: Exchange, rtype: str, id: str, version: str) -> Found:
@@ -73,18 +85,22 @@ async def vread(exchange: Exchange, rtype: str, id: str, version: str) -> Found:
     )
     if stored_version is None:
         raise not_found(f"{rtype}/{id} has no version {version}")
-    exchange.entities = [_version_entity(rtype, id, stored_version.version_id)]
     if stored_version.deleted:
         raise gone(rtype, f"{id}/_history/{version}")
     assert row.pk == stored_version.resource_pk
     return Found(
-        rtype, id, stored_version.version_id, stored_version.last_updated, stored_version.content
+        rtype,
+        id,
+        stored_version.version_id,
+        stored_version.last_updated,
+        stored_version.content,
+        Audit((_version_entity(rtype, id, stored_version.version_id),)),
     )
 
 
 async def history(
     exchange: Exchange, rtype: str, id: str, params: Sequence[tuple[str, str]]
-) -> str:
+) -> Listed:
     """The instance history Bundle, newest first, paged by `_count` and `_cursor`."""
     settings = exchange.runtime.settings
     controls = dict(params)
@@ -105,7 +121,7 @@ async def history(
     page, more = versions[:count], len(versions) > count
     base = exchange.runtime.fhir_base(exchange.domain)
     url = f"{base}/{rtype}/{id}/_history"
-    exchange.entities = [_version_entity(rtype, id, v.version_id) for v in page]
+    audit = Audit(tuple(_version_entity(rtype, id, v.version_id) for v in page))
     entries = [
         Entry(
             full_url=f"{base}/{rtype}/{id}",
@@ -123,7 +139,7 @@ async def history(
         links.append(
             ("next", f"{url}?{urlencode({'_count': count, '_cursor': page[-1].version_id})}")
         )
-    return bundle("history", entries, total=None, links=links)
+    return Listed(bundle("history", entries, total=None, links=links), audit)
 
 
 def search_query(exchange: Exchange, rtype: str, params: Sequence[tuple[str, str]]) -> Query:
@@ -154,10 +170,13 @@ def _page_url(base: str, query: Query, cursor: str | None) -> str:
 
 async def search(
     exchange: Exchange, rtype: str, params: Sequence[tuple[str, str]], query_string: str
-) -> str:
-    """The searchset Bundle for `params`, narrowed to what the caller may read."""
+) -> Listed:
+    """The searchset Bundle for `params`, narrowed to what the caller may read.
+
+    Its AuditEvent names the query (`query_string`, as the client sent it) and every
+    version on the page.
+    """
     access = exchange.authorised()
-    exchange.entities = [query_entity(query_string)]
     if not access.may_search(rtype):
         raise forbidden()
     query = search_query(exchange, rtype, params)
@@ -176,7 +195,12 @@ async def search(
         )
     )
     base = exchange.runtime.fhir_base(exchange.domain)
-    exchange.entities += [_version_entity(row.rtype, row.id, row.version_id) for row in page.rows]
+    audit = Audit(
+        (
+            query_entity(query_string),
+            *(_version_entity(row.rtype, row.id, row.version_id) for row in page.rows),
+        )
+    )
     links = [("self", _page_url(base, query, query.cursor))]
     if page.next_cursor:
         links.append(("next", _page_url(base, query, page.next_cursor)))
@@ -205,4 +229,4 @@ async def search(
                 search_mode="outcome",
             )
         )
-    return bundle("searchset", entries, total=page.total, links=links)
+    return Listed(bundle("searchset", entries, total=page.total, links=links), audit)

@@ -6,13 +6,15 @@ check the version it replaces, store the resource with its history and index
 rows, run the type's effects and the subscription matching into the outbox,
 and append its AuditEvent to the chain. The database commits it (on SQLite
 with other units of the moment) before the caller hears 201; then the
-dispatcher is woken.
+dispatcher is woken. Its result's `Audit` says the event is recorded, so the API
+records no other; a delete of an already deleted resource changes nothing and
+leaves its event to the API.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hub.audit.events import Entity
@@ -22,7 +24,7 @@ from hub.fhir.model import parse_body, validate
 from hub.fhir.origin import origin_references, with_origin
 from hub.fhir.outcome import FhirError, bad_request, forbidden, not_found, unprocessable
 from hub.interactions import effects
-from hub.interactions.exchange import Exchange
+from hub.interactions.exchange import Audit, Exchange
 from hub.interactions.reads import Found, gone
 from hub.runtime import utcnow
 from hub.store import outbox, resources
@@ -39,6 +41,14 @@ class Written(Found):
     """A stored version, with the status to answer (201 created, 200 updated)."""
 
     status: int
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """A delete's outcome: `deleted` is False when it was already deleted (nothing changed)."""
+
+    deleted: bool
+    audit: Audit
 
 
 def append_only(rtype: str) -> FhirError:
@@ -87,8 +97,26 @@ def _current_at(new: NewVersion, expected: int) -> Work[StoredRow]:
     return row
 
 
-def _store(exchange: Exchange, new: NewVersion, status: int) -> Work[bool]:
-    """The write's unit of work; True when deliveries were queued."""
+@dataclass(frozen=True)
+class _Prepared:
+    """What a write's unit of work needs that was made before it, outside the database."""
+
+    new: NewVersion
+    status: int
+    event: NewVersion  # the AuditEvent, for a write whose effects add no details
+    entity: Entity
+    early: effects.Matched | None
+
+
+def _prepare(exchange: Exchange, new: NewVersion, status: int) -> _Prepared:
+    entity = Entity(what=f"{new.rtype}/{new.id}/_history/{new.version_id}")
+    event = prepare_event(exchange.domain, exchange.audit_event(status, (entity,)), utcnow())
+    return _Prepared(new, status, event, entity, effects.match_early(exchange, new))
+
+
+def _store(exchange: Exchange, prepared: _Prepared) -> Work[tuple[bool, Audit]]:
+    """The write's unit of work: whether deliveries were queued, and the AuditEvent it recorded."""
+    new = prepared.new
     previous = None
     if new.version_id > 1:
         previous = yield from _current_at(new, new.version_id - 1)
@@ -103,28 +131,38 @@ def _store(exchange: Exchange, new: NewVersion, status: int) -> Work[bool]:
         trace_id=exchange.trace.trace_id,
         now=new.last_updated,
     )
-    queued = yield from effects.after_write(effects.Change(exchange, new, row, trigger))
-    if queued:
+    done = yield from effects.after_write(
+        effects.Change(exchange, new, row, trigger), prepared.early
+    )
+    if done.queued:
         yield from outbox.announce()
+    entity, event = prepared.entity, prepared.event
+    if done.details:  # e.g. the patient-notice decision, known only now
+        entity = replace(entity, detail=done.details)
+        event = prepare_event(
+            exchange.domain, exchange.audit_event(prepared.status, (entity,)), utcnow()
+        )
     # Last: appending to the chain locks the domain's head until commit.
-    yield from _audit(exchange, f"{new.rtype}/{new.id}/_history/{new.version_id}", status)
-    return queued
+    yield from append_events([event], exchange.runtime.chain_key)
+    return done.queued, Audit((entity,), recorded=True)
 
 
-def _audit(exchange: Exchange, what: str, status: int) -> Work[list[int]]:
-    exchange.entities = [Entity(what=what, detail=tuple(exchange.details))]
-    event = prepare_event(exchange.domain, exchange.audit_event(status), utcnow())
-    return (yield from append_events([event], exchange.runtime.chain_key))
+def _audit(exchange: Exchange, entity: Entity, status: int) -> Work[Audit]:
+    """Append the write's AuditEvent, naming `entity`, to the domain's chain."""
+    event = prepare_event(exchange.domain, exchange.audit_event(status, (entity,)), utcnow())
+    yield from append_events([event], exchange.runtime.chain_key)
+    return Audit((entity,), recorded=True)
 
 
 async def _commit(exchange: Exchange, new: NewVersion, *, status: int) -> Written:
     """Store `new` in one unit of work, audited; returns once it is committed."""
     runtime = exchange.runtime
-    queued = await runtime.database.write(_store(exchange, new, status))
-    exchange.audited = True
+    queued, audit = await runtime.database.write(_store(exchange, _prepare(exchange, new, status)))
     if queued:
         runtime.wake_dispatcher()
-    return Written(new.rtype, new.id, new.version_id, new.last_updated, new.content, status=status)
+    return Written(
+        new.rtype, new.id, new.version_id, new.last_updated, new.content, audit, status=status
+    )
 
 
 async def create(exchange: Exchange, rtype: str, body: bytes) -> Written:
@@ -156,7 +194,6 @@ async def update(
     exchange: Exchange, rtype: str, id: str, body: bytes, if_match: str | None
 ) -> Written:
     access = exchange.authorised()
-    exchange.entities = [Entity(what=f"{rtype}/{id}")]
     rules = effects.rules_for(rtype)
     if rules.append_only:
         raise append_only(rtype)
@@ -195,7 +232,7 @@ async def update(
     return await _commit(exchange, new, status=200)
 
 
-def _delete(exchange: Exchange, rtype: str, id: str) -> Work[bool]:
+def _delete(exchange: Exchange, rtype: str, id: str) -> Work[Deleted]:
     access = exchange.authorised()
     row = yield from resources.current(exchange.domain, rtype, id, for_update=True)
     if row is None:
@@ -205,19 +242,20 @@ def _delete(exchange: Exchange, rtype: str, id: str) -> Work[bool]:
     rules = effects.rules_for(rtype)
     rules.check_deletable(exchange, id)
     if row.deleted:
-        return False
+        return Deleted(False, Audit((Entity(what=f"{rtype}/{id}"),)))
     row = yield from resources.delete(row, now=utcnow())
     yield from rules.after_delete(exchange)
-    yield from _audit(exchange, f"{rtype}/{id}/_history/{row.version_id}", 200)
-    return True
+    audit = yield from _audit(exchange, Entity(what=f"{rtype}/{id}/_history/{row.version_id}"), 200)
+    return Deleted(True, audit)
 
 
-async def delete(exchange: Exchange, rtype: str, id: str) -> bool:
-    """Soft delete; False when it was already deleted (nothing changes then)."""
+async def delete(exchange: Exchange, rtype: str, id: str) -> Deleted:
+    """Soft delete, audited in its unit of work.
+
+    An already deleted resource is left as it is (`deleted` False), and its AuditEvent
+    is left to the API.
+    """
     exchange.authorised()
-    exchange.entities = [Entity(what=f"{rtype}/{id}")]
     if effects.rules_for(rtype).append_only:
         raise append_only(rtype)
-    deleted = await exchange.runtime.database.write(_delete(exchange, rtype, id))
-    exchange.audited = deleted
-    return deleted
+    return await exchange.runtime.database.write(_delete(exchange, rtype, id))

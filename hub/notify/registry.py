@@ -80,7 +80,7 @@ def live_subscription(resource: dict[str, object]) -> LiveSubscription | None:
 
 
 @dataclass
-class _DomainIndex:
+class DomainIndex:
     generation: int = -1
     by_key: dict[tuple[str, Key], list[LiveSubscription]] = field(
         default_factory=lambda: defaultdict(list)
@@ -98,28 +98,41 @@ class _DomainIndex:
             for key in keys:
                 self.by_key[(rtype, key)].append(subscription)
 
+    def candidates(self, rtype: str, values: IndexValues, now: datetime) -> list[LiveSubscription]:
+        """Live subscriptions of `rtype` the resource might match (a superset of its matches)."""
+        found: dict[str, LiveSubscription] = {s.id: s for s in self.unkeyed.get(rtype, ())}
+        for key in index_keys(values):
+            for subscription in self.by_key.get((rtype, key), ()):
+                found[subscription.id] = subscription
+        return [s for s in found.values() if s.is_live(now)]
+
 
 class SubscriptionIndex:
     def __init__(self) -> None:
-        self._domains: dict[str, _DomainIndex] = {}
+        self._domains: dict[str, DomainIndex] = {}
 
-    def ensure_current(self, domain: str) -> Work[None]:
+    def loaded(self, domain: str) -> DomainIndex | None:
+        """The domain's index as last loaded (None: not loaded yet); it never changes."""
+        return self._domains.get(domain)
+
+    def ensure_current(self, domain: str) -> Work[int]:
         """Reload the domain's subscriptions if any changed since they were loaded.
 
         Part of every write's unit of work: the generation is read in the write's
-        own transaction.
+        own transaction. Returns the generation the index is now at.
         """
         stamp = yield from generation(domain)
         known = self._domains.get(domain)
         if known is not None and known.generation == stamp:
-            return
-        index = _DomainIndex(generation=stamp)
+            return stamp
+        index = DomainIndex(generation=stamp)
         for content in (yield from subscription_contents(domain)):
             subscription = live_subscription(jsonio.loads(content))
             if subscription is not None:
                 index.add(subscription)
         self._domains[domain] = index  # swapped whole: readers never see a half-built index
         log.debug("loaded %d subscriptions of %s (generation %d)", len(index.by_id), domain, stamp)
+        return stamp
 
     def get(self, domain: str, subscription_id: str) -> LiveSubscription | None:
         """The Subscription as the index last loaded it (None when gone or never live)."""
@@ -131,13 +144,7 @@ class SubscriptionIndex:
     ) -> list[LiveSubscription]:
         """Live subscriptions of `rtype` the resource might match (a superset of its matches)."""
         index = self._domains.get(domain)
-        if index is None:
-            return []
-        found: dict[str, LiveSubscription] = {s.id: s for s in index.unkeyed.get(rtype, ())}
-        for key in index_keys(values):
-            for subscription in index.by_key.get((rtype, key), ()):
-                found[subscription.id] = subscription
-        return [s for s in found.values() if s.is_live(now)]
+        return [] if index is None else index.candidates(rtype, values, now)
 
     def all(self, domain: str) -> Iterable[LiveSubscription]:
         index = self._domains.get(domain)

@@ -210,3 +210,20 @@ async def test_405_update_or_delete_of_an_audit_event(
         after = await auditor.get(f"/AuditEvent/{target['id']}")
     assert after.status_code == 200
     assert after.json() == target
+
+
+async def test_a_refused_search_by_post_names_its_form_too(shared_hub: HubServer) -> None:
+    ids = TraceHeaders.new()
+    form = "birthdate=yesterday"
+    async with shared_hub.client("xis") as xis:
+        response = await xis.post(
+            "/Patient/_search?_count=5",
+            content=form,
+            headers={**ids.headers, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+    assert response.status_code == 400
+
+    event = await event_of(shared_hub, ids.request_id)
+    assert_refused(event, response, ids, interaction="search-type", action="E", caller="xis")
+    expected = base64.b64encode(f"_count=5&{form}".encode()).decode()
+    assert [entity["query"] for entity in event["entity"]] == [expected]
