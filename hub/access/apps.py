@@ -27,7 +27,7 @@ from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from hub.access import ConfigError, read_yaml
-from hub.access.matrix import FHIR_ID, RESOURCE_TYPES, Matrix, load_matrix
+from hub.access.matrix import FHIR_ID, RESOURCE_TYPES, Matrix, Scopes, load_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -302,6 +302,22 @@ class Snapshot:
 
     matrix: Matrix
     registry: Registry
+    # Every request and every matched notification asks for an app's scopes: computed
+    # once per app for this snapshot. A reload of either file makes a new snapshot, so
+    # an answer never outlives the configuration it came from.
+    _scopes: dict[tuple[str, str], Scopes | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def scopes_of(self, domain: str, client_id: str) -> Scopes | None:
+        """What the app's role grants it; None when it is not registered in `domain`."""
+        key = (domain, client_id)
+        if key not in self._scopes:
+            app = self.registry.app(domain, client_id)
+            self._scopes[key] = (
+                None if app is None else self.matrix.scopes(app.role, app.client_id, app.grants)
+            )
+        return self._scopes[key]
 
 
 @dataclass(frozen=True)

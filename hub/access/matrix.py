@@ -251,12 +251,6 @@ class Matrix:
 
     roles: Mapping[str, Mapping[str, Permission]]
     source: str = field(default="authz_matrix.yaml", compare=False)
-    # Every request asks for its app's scopes: computed once per app, for this matrix only
-    # (a reloaded matrix is a new object with an empty memo). The app's grants are part of
-    # the key, so a reloaded apps file with other grants never meets an old answer.
-    _scopes_memo: dict[tuple[str, str, tuple[tuple[str, tuple[str, ...]], ...]], Scopes] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
 
     def permission(self, role: str, rtype: str) -> Permission:
         """The role's rights on a type (none when the type is absent). Unknown role: KeyError."""
@@ -264,13 +258,6 @@ class Matrix:
 
     def scopes(self, role: str, client_id: str, grants: Mapping[str, Sequence[str]]) -> Scopes:
         """The role's rights for one app as structured scopes (see the module rule)."""
-        key = (role, client_id, tuple(sorted((t, tuple(ids)) for t, ids in grants.items())))
-        found = self._scopes_memo.get(key)
-        if found is None:
-            found = self._scopes_memo[key] = self._scopes(role, client_id, grants)
-        return found
-
-    def _scopes(self, role: str, client_id: str, grants: Mapping[str, Sequence[str]]) -> Scopes:
         result: list[ScopeGrant] = []
         for rtype in sorted(self.roles[role]):
             permission = self.roles[role][rtype]

@@ -25,10 +25,7 @@ class Caller:
 
 def role_scopes(snapshot: Snapshot, domain: str, client_id: str) -> Scopes | None:
     """What the app's role grants it now; None when the app is no longer registered."""
-    app = snapshot.registry.app(domain, client_id)
-    if app is None:
-        return None
-    return snapshot.matrix.scopes(app.role, app.client_id, app.grants)
+    return snapshot.scopes_of(domain, client_id)
 
 
 def _intersect(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
