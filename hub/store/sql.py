@@ -45,7 +45,12 @@ DIALECTS: dict[str, Dialect] = {
 
 
 class Conflict(Exception):
-    """A unique constraint refused a row: thrown into the unit, which may handle it."""
+    """A unique constraint refused a row.
+
+    Thrown into the unit at its `yield`; a unit may catch it only to give up (raise
+    again or return): on PostgreSQL the transaction is aborted after a failed
+    statement, so the unit cannot go on with more SQL. Its caller then retries.
+    """
 
 
 @dataclass(frozen=True)
