@@ -15,6 +15,11 @@ Diagnostics name the element and the rule but never echo the patient's data (BSN
 e-mail address, subject, message): they end up in AuditEvent.outcomeDesc, which an
 auditor reads.
 
+A notification reaches one patient only. Every contained resource has an id of its
+own, and every `recipient` resolves to exactly one contained resource, a Patient: the
+search index (`patient-identifier`) resolves `#id` to every contained resource with that
+id, so two Patients sharing one id would file the message under both BSNs.
+
 Lengths are counted in characters (Unicode code points, as JSON Schema `maxLength`
 counts them), not in bytes of UTF-8.
 """
@@ -53,22 +58,27 @@ def validate_communication(resource: Mapping[str, Any]) -> list[Issue]:
         *_check_topic(resource),
         *_check_payload(resource),
         *_check_recipient(resource),
+        *_check_contained_ids(resource),
         *_check_contained_patients(resource),
     ]
 
 
 def contained_patient(resource: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The contained Patient that the first `recipient` references as `#id`, if any."""
+    """The contained Patient that the first `recipient` references as `#id`, if any.
+
+    None when the reference resolves to no contained resource, to one that is no
+    Patient, or to more than one (an ambiguous id names no patient).
+    """
     recipients = _array(resource.get("recipient"))
     if not recipients or not isinstance(recipients[0], Mapping):
         return None
     reference = recipients[0].get("reference")
     if not _is_local_reference(reference):
         return None
-    found = _find_contained(resource, reference[1:])
-    if found is None or found[1].get("resourceType") != "Patient":
+    found = _contained_with_id(resource, reference[1:])
+    if len(found) != 1 or found[0][1].get("resourceType") != "Patient":
         return None
-    return found[1]
+    return found[0][1]
 
 
 def patient_bsn(resource: Mapping[str, Any]) -> str | None:
@@ -357,16 +367,41 @@ def _check_recipient_reference(
             "The recipient must reference the contained Patient as '#<id>'",
         )
         return
-    found = _find_contained(resource, reference[1:])
-    if found is None:
+    found = _contained_with_id(resource, reference[1:])
+    if not found:
         yield _invalid(
             expression, "The recipient reference does not resolve to a contained resource"
         )
-    elif found[1].get("resourceType") != "Patient":
+    elif len(found) > 1:
         yield _invalid(
             expression,
-            f"The recipient references a contained {_show(found[1].get('resourceType'))}, "
-            "not a Patient",
+            f"The recipient reference resolves to {len(found)} contained resources ("
+            + ", ".join(f"{_ROOT}.contained[{index}]" for index, _ in found)
+            + "); it must resolve to exactly one, the Patient",
+        )
+    elif (kind := found[0][1].get("resourceType")) != "Patient":
+        yield _invalid(
+            expression, f"The recipient references a contained {_show(kind)}, not a Patient"
+        )
+
+
+def _check_contained_ids(resource: Mapping[str, Any]) -> Iterator[Issue]:
+    # A `#id` reference resolves to every contained resource with that id (the search
+    # index does so too), so a shared id would make a second patient a recipient.
+    # Only string ids can be referenced; the model refuses any other.
+    first_with: dict[str, int] = {}
+    for index, item in enumerate(_array(resource.get("contained"))):
+        resource_id = item.get("id") if isinstance(item, Mapping) else None
+        if not isinstance(resource_id, str):
+            continue
+        if resource_id not in first_with:
+            first_with[resource_id] = index
+            continue
+        yield _invalid(
+            f"{_ROOT}.contained[{index}].id",
+            f"Communication.contained[{index}] has the id of "
+            f"Communication.contained[{first_with[resource_id]}]; every contained resource "
+            "needs an id of its own",
         )
 
 
@@ -448,13 +483,15 @@ def _email_telecoms(patient: Mapping[str, Any]) -> list[tuple[int, Mapping[str, 
 # -- small helpers --------------------------------------------------------------------
 
 
-def _find_contained(
+def _contained_with_id(
     resource: Mapping[str, Any], resource_id: str
-) -> tuple[int, Mapping[str, Any]] | None:
-    for index, item in enumerate(_array(resource.get("contained"))):
-        if isinstance(item, Mapping) and item.get("id") == resource_id:
-            return index, item
-    return None
+) -> list[tuple[int, Mapping[str, Any]]]:
+    """Every contained resource with this id (with its index): what `#id` resolves to."""
+    return [
+        (index, item)
+        for index, item in enumerate(_array(resource.get("contained")))
+        if isinstance(item, Mapping) and item.get("id") == resource_id
+    ]
 
 
 def _is_local_reference(reference: Any) -> TypeGuard[str]:

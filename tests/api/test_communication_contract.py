@@ -4,7 +4,8 @@ Every rule at its boundary (the last value accepted, the first refused), several
 violations reported together in one 400 OperationOutcome with each element's
 `expression` (those the FHIR R4 structure refuses too, each named once), the contract's
 own example accepted and FHIR's example refused; a refused request leaves nothing behind
-but its AuditEvent, on create and on update alike.
+but its AuditEvent, on create and on update alike. A notification reaches one patient:
+two contained Patients sharing the recipient's id are refused, not filed under both BSNs.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hub.store import outbox
 from hub.store.db import Database
 from hub.store.resources import RESOURCES, VERSIONS
 from hub.store.sql import Work, execute
-from tests.api.common import expressions, fixture, origin_of, outcome
+from tests.api.common import entries, expressions, fixture, origin_of, outcome
 from tests.rules.samples import (
     EXE_BYTES,
     JPEG_BYTES,
@@ -49,6 +50,10 @@ from tests.support.notifications import (
 )
 
 Change = Callable[[dict[str, Any]], None]
+
+BSN = "123456782"  # the contract's example patient
+OTHER_BSN = "111222333"
+PRACTITIONER = {"resourceType": "Practitioner", "id": "x"}
 
 
 def changed(*changes: Change) -> dict[str, Any]:
@@ -123,6 +128,28 @@ def second_patient(c: dict[str, Any]) -> None:
         }
     )
     c["recipient"].append({"reference": "#other"})
+
+
+def also_contained(*resources: dict[str, Any]) -> Change:
+    """Contain `resources` after the example's Patient."""
+
+    def apply(c: dict[str, Any]) -> None:
+        c["contained"] += copy.deepcopy(list(resources))
+
+    return apply
+
+
+def patient_sharing_the_recipients_id(c: dict[str, Any]) -> None:
+    """The attack: a second contained Patient (another valid BSN) under the recipient's id."""
+    c["contained"][0]["id"] = "p"
+    c["recipient"] = [{"reference": "#p"}]
+    c["contained"].append(
+        {
+            "resourceType": "Patient",
+            "id": "p",
+            "identifier": [{"system": BSN_SYSTEM, "value": OTHER_BSN}],
+        }
+    )
 
 
 FIVE_FILES = (
@@ -223,6 +250,22 @@ REFUSED: dict[str, tuple[list[Change], list[str]]] = {
         ["Communication.contained[0].telecom[0].value"],
     ),
     "recipients that are two patients": ([second_patient], ["Communication.recipient"]),
+    "two patients sharing the recipient's id": (
+        [patient_sharing_the_recipients_id],
+        ["Communication.contained[1].id", "Communication.recipient[0].reference"],
+    ),
+    "two contained resources sharing an id": (
+        [also_contained(PRACTITIONER, {**PRACTITIONER, "resourceType": "Organization"})],
+        ["Communication.contained[2].id"],
+    ),
+    "recipient to an id no contained resource has": (
+        [setting("recipient.0.reference", "#nobody")],
+        ["Communication.recipient[0].reference"],
+    ),
+    "recipient to a contained Practitioner": (
+        [also_contained(PRACTITIONER), setting("recipient.0.reference", "#x")],
+        ["Communication.recipient[0].reference"],
+    ),
 }
 
 # Violations the FHIR R4 structure refuses too (a missing status, an empty string, an
@@ -560,3 +603,67 @@ async def test_structure_and_contract_violations_store_nothing_on_create_or_upda
         ("update", "4"),
     ]
     assert "entity" not in post_event
+
+
+# -- a notification reaches one patient: no second patient through a shared id ---------
+
+
+async def found_under(hub: HubServer, bsn: str) -> list[str]:
+    """The ids of the Communications a portal finds under `bsn` (`patient-identifier`)."""
+    async with hub.client("portal") as portal:
+        response = await portal.get(
+            "/Communication", params={"patient-identifier": f"{BSN_SYSTEM}|{bsn}"}
+        )
+    assert response.status_code == 200, response.text
+    return [resource["id"] for resource in entries(response.json())]
+
+
+async def test_two_patients_sharing_one_id_are_refused_and_stored_under_no_bsn(
+    tmp_path: Path, database_url: str, app_keys: dict[str, AppKeys]
+) -> None:
+    """Two contained Patients with one id, recipient `#p`: before, it was found under both BSNs."""
+    apps_file = write_apps_file(tmp_path / "apps.yaml", app_keys)
+    matrix = matrix_where_the_xis_updates_communications(tmp_path)
+    settings = hub_settings(tmp_path, database_url, apps_file, authz_matrix=matrix)
+    with running_hub(settings, app_keys) as hub:
+        async with hub.client("xis") as xis:
+            refused = await xis.post(
+                "/Communication",
+                json=changed(patient_sharing_the_recipients_id),
+                headers={"X-Request-Id": "shared-id-post"},
+            )
+            after_refused_create = await counts(database_url)
+            found_after_refusal = (await found_under(hub, BSN), await found_under(hub, OTHER_BSN))
+
+            # The same attack on an update of a stored notification changes nothing either.
+            created = await xis.post("/Communication", json=example_communication())
+            assert created.status_code == 201, created.text
+            after_create = await counts(database_url)
+            stored = created.json()
+            path = f"/Communication/{stored['id']}"
+            attack = copy.deepcopy(stored)
+            patient_sharing_the_recipients_id(attack)
+            updated = await xis.put(
+                path, json=attack, headers={"If-Match": 'W/"1"', "X-Request-Id": "shared-id-put"}
+            )
+            after_refused_update = await counts(database_url)
+            current = await xis.get(path)
+        found = (await found_under(hub, BSN), await found_under(hub, OTHER_BSN))
+        [post_event] = await audit_events(hub, requestId="shared-id-post")
+        [put_event] = await audit_events(hub, requestId="shared-id-put")
+
+    where = ["Communication.contained[1].id", "Communication.recipient[0].reference"]
+    assert sorted(expressions(outcome(refused, 400))) == where
+    assert sorted(expressions(outcome(updated, 400))) == where
+    assert after_refused_create == (0, 0)  # no version, no outbox row: only the AuditEvent
+    assert found_after_refusal == ([], [])
+    assert after_refused_update == after_create
+    assert current.json() == stored
+    assert found == ([stored["id"]], [])  # the stored one under its own patient's BSN only
+    assert [(e["subtype"][0]["code"], e["outcome"]) for e in (post_event, put_event)] == [
+        ("create", "4"),
+        ("update", "4"),
+    ]
+    assert "entity" not in post_event
+    assert "an id of its own" in post_event["outcomeDesc"]
+    assert OTHER_BSN not in str(post_event) and OTHER_BSN not in str(put_event)

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hub.fhir.extract import extract
 from hub.fhir.model import validate
 from hub.fhir.outcome import FhirError, Issue
 from hub.rules.bsn import BSN_SYSTEM
@@ -442,6 +443,133 @@ def test_no_email_at_all_is_fine(resource: dict[str, Any]) -> None:
     del resource["contained"][0]["telecom"]
     assert validate_communication(resource) == []
     assert patient_email(resource) is None
+
+
+# -- one patient only: unique contained ids, each recipient one contained Patient -----
+
+OTHER_BSN = "111222333"
+
+
+def patient_sharing(resource: dict[str, Any], resource_id: str, bsn: str = OTHER_BSN) -> None:
+    """A second contained Patient with its own valid BSN, under `resource_id`."""
+    resource["contained"].append(
+        {
+            "resourceType": "Patient",
+            "id": resource_id,
+            "identifier": [{"system": BSN_SYSTEM, "value": bsn}],
+        }
+    )
+
+
+def indexed_bsns(resource: dict[str, Any]) -> set[str | None]:
+    """The BSNs the search index files `resource` under (`patient-identifier`)."""
+    return {row.code for row in extract(resource).tokens if row.param == "patient-identifier"}
+
+
+@pytest.mark.parametrize("other_id", ["practitioner", "9876543211", "p9876543210", "P"])
+def test_contained_resources_with_ids_of_their_own_are_accepted(
+    resource: dict[str, Any], other_id: str
+) -> None:
+    resource["contained"].append({"resourceType": "Practitioner", "id": other_id})
+    assert validate_communication(resource) == []
+    assert patient_bsn(resource) == "123456782"
+
+
+def test_two_patients_sharing_the_recipients_id_are_refused(resource: dict[str, Any]) -> None:
+    # The attack: the recipient `#p` resolves to both Patients, and so does the search
+    # index, which would file the notification under both BSNs.
+    resource["contained"][0]["id"] = "p"
+    resource["recipient"] = [{"reference": "#p"}]
+    patient_sharing(resource, "p")
+    assert indexed_bsns(resource) == {"123456782", OTHER_BSN}  # hence: refuse it
+
+    issues = validate_communication(resource)
+    assert located(issues) == {
+        ("invalid", ("Communication.contained[1].id",)),
+        ("invalid", ("Communication.recipient[0].reference",)),
+    }
+    said = {issue.expression[0]: issue.diagnostics for issue in issues}
+    assert "Communication.contained[0]" in said["Communication.contained[1].id"]
+    assert "exactly one" in said["Communication.recipient[0].reference"]
+    assert contained_patient(resource) is None
+    assert patient_bsn(resource) is None
+    assert patient_email(resource) is None
+    validate(resource)  # the R4 model alone lets it pass
+    with pytest.raises(FhirError) as raised:
+        validate(resource, rules=validate_communication)
+    assert raised.value.status == 400
+
+
+def test_every_repeated_contained_id_is_named(resource: dict[str, Any]) -> None:
+    patient_id = resource["contained"][0]["id"]
+    patient_sharing(resource, patient_id)
+    resource["contained"].append({"resourceType": "Practitioner", "id": "x"})
+    resource["contained"].append({"resourceType": "Organization", "id": "x"})
+    patient_sharing(resource, patient_id, "123456782")  # even the same patient again
+    assert located(validate_communication(resource)) == {
+        ("invalid", ("Communication.contained[1].id",)),
+        ("invalid", ("Communication.contained[3].id",)),
+        ("invalid", ("Communication.contained[4].id",)),
+        ("invalid", ("Communication.recipient[0].reference",)),
+    }
+
+
+def test_a_repeated_id_the_recipient_does_not_use_is_refused_too(
+    resource: dict[str, Any],
+) -> None:
+    resource["contained"].append({"resourceType": "Practitioner", "id": "x"})
+    resource["contained"].append({"resourceType": "Practitioner", "id": "x"})
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("invalid", ("Communication.contained[2].id",))
+
+
+def test_a_patient_sharing_its_id_with_another_resource_is_refused(
+    resource: dict[str, Any],
+) -> None:
+    patient_id = resource["contained"][0]["id"]
+    resource["contained"].insert(0, {"resourceType": "Practitioner", "id": patient_id})
+    assert located(validate_communication(resource)) == {
+        ("invalid", ("Communication.contained[1].id",)),
+        ("invalid", ("Communication.recipient[0].reference",)),
+    }
+    assert patient_bsn(resource) is None
+
+
+@pytest.mark.parametrize(
+    ("contained", "said"),
+    [
+        ([{"resourceType": "Practitioner", "id": "elsewhere"}], "does not resolve"),
+        ([{"resourceType": "Practitioner", "id": "p"}], "'Practitioner', not a Patient"),
+        ([{"resourceType": "RelatedPerson", "id": "p"}], "'RelatedPerson', not a Patient"),
+    ],
+)
+def test_a_recipient_resolves_to_one_contained_patient(
+    resource: dict[str, Any], contained: list[dict[str, Any]], said: str
+) -> None:
+    resource["contained"] += contained
+    resource["recipient"] = [{"reference": "#p"}]
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("invalid", ("Communication.recipient[0].reference",))
+    assert said in issue.diagnostics
+    assert contained_patient(resource) is None
+
+
+def test_a_later_recipient_is_held_to_the_same_rule(resource: dict[str, Any]) -> None:
+    resource["contained"].append({"resourceType": "Practitioner", "id": "p"})
+    resource["recipient"].append({"reference": "#p"})
+    assert located(validate_communication(resource)) == {
+        ("invalid", ("Communication.recipient[1].reference",)),
+        ("invalid", ("Communication.recipient",)),  # and not the same patient
+    }
+
+
+def test_diagnostics_about_ids_never_echo_them(resource: dict[str, Any]) -> None:
+    # The example's Patient id looks like a patient number: it is not repeated.
+    patient_id = resource["contained"][0]["id"]
+    patient_sharing(resource, patient_id)
+    issues = validate_communication(resource)
+    assert issues
+    assert not any(patient_id in issue.diagnostics for issue in issues)
 
 
 # -- everything at once ---------------------------------------------------------------
