@@ -7,6 +7,12 @@ dropped unsent). After the attempt, one unit of work completes or
 reschedules the row, keeps the Subscription's failure count and status
 (`error` after 3 failures in a row, `active` again on success, `off` on 410
 Gone), and records the `transmit` AuditEvent, last.
+
+Should that bookkeeping itself fail (a value its arithmetic cannot hold, an
+event that cannot be prepared, the unit of work), the attempt is recorded
+instead as a counted, audited failed attempt and the row rescheduled on the
+normal backoff: a failure there never turns into a row sent again at every
+lease, silently, for ever (`Deliverer._record`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from hub.fhir import jsonio
 from hub.net import DeliveryResult, OutboundClient
 from hub.notify.mail import MailError, compose_invitation, compose_new_message_notice, send_mail
 from hub.notify.registry import LiveSubscription, live_subscription
-from hub.notify.retry import FAILURES_BEFORE_ERROR, describe_failure, next_attempt_delay
+from hub.notify.retry import FAILURES_BEFORE_ERROR, SCHEDULE, describe_failure, next_attempt_delay
 from hub.notify.status import set_status
 from hub.notify.webhook import EndpointLimiter, notification_headers
 from hub.runtime import HUB_DEVICE, Runtime, utcnow
@@ -38,6 +44,11 @@ from hub.store.sql import Work
 from hub.trace import TraceIds
 
 log = logging.getLogger("hub.delivery")
+
+_MAX_DESCRIPTION = 500
+
+EventFor = Callable[[bool, str | None], dict[str, Any]]
+"""Builds an attempt's `transmit` AuditEvent from its outcome: (success, description)."""
 
 
 @dataclass(frozen=True)
@@ -102,18 +113,13 @@ class Deliverer:
         if sent is None:
             return  # dropped after waiting, or the lease was lost to another worker
         subscription, attempt, trace = sent
-        event = transmit_event(
-            success=attempt.success,
-            outcome_description=attempt.description,
-            source_device=row.source_device,
+        event = _transmit(
+            row,
             destination_device=subscription.owner,
             destination=subscription.endpoint,
-            resource_version=f"{row.resource_type}/{row.resource_id}/_history/{row.version_id}",
             subscription=(subscription.id, subscription.criteria),
-            hub_device=HUB_DEVICE,
             site=self.runtime.settings.site,
             trace=trace,
-            recorded=utcnow(),
         )
         await self._record(row, attempt, event, subscription=subscription)
 
@@ -193,19 +199,13 @@ class Deliverer:
             return  # another worker sends it
         else:
             attempt = await self._send_mail(row.recipient, row.kind, settings.smtp_url)
-        trace = TraceIds.new(correlation_id=row.request_id, trace_id=row.trace_id)
-        event = transmit_event(
-            success=attempt.success,
-            outcome_description=attempt.description,
-            source_device=row.source_device,
+        event = _transmit(
+            row,
             destination_device=None,
             destination=f"mailto:{row.recipient}",
-            resource_version=f"{row.resource_type}/{row.resource_id}/_history/{row.version_id}",
             subscription=None,
-            hub_device=HUB_DEVICE,
             site=settings.site,
-            trace=trace,
-            recorded=utcnow(),
+            trace=TraceIds.new(correlation_id=row.request_id, trace_id=row.trace_id),
         )
         await self._record(row, attempt, event, subscription=None)
 
@@ -234,27 +234,104 @@ class Deliverer:
         self,
         row: Entry,
         attempt: Attempt,
-        event: dict[str, Any],
+        event: EventFor,
         *,
         subscription: LiveSubscription | None,
     ) -> None:
+        """Record one attempt in one unit of work (`_bookkeeping`).
+
+        Everything that needs no database (the next attempt's time, the AuditEvent) is
+        done first, in this task: the unit then holds the writer only for its
+        statements. If anything here fails, computing or writing, the attempt is
+        recorded instead as a failed attempt whose bookkeeping failed
+        (`_record_failed_bookkeeping`).
+        """
         now = utcnow()
-        # Everything that needs no database is done here, in this task: the unit then
-        # holds the writer only for its statements.
-        next_attempt_at = None if attempt.success else self._next_attempt(row, attempt, now)
-        prepared = prepare_event(row.domain, event, now)
-        await self.runtime.database.write(
-            _bookkeeping(
-                row,
-                attempt,
-                prepared,
-                subscription=subscription,
-                owner=self.owner,
-                next_attempt_at=next_attempt_at,
-                chain_key=self.runtime.chain_key,
-                now=now,
+        try:
+            next_attempt_at = None if attempt.success else self._next_attempt(row, attempt, now)
+            prepared = prepare_event(row.domain, event(attempt.success, attempt.description), now)
+            await self.runtime.database.write(
+                _bookkeeping(
+                    row,
+                    attempt,
+                    prepared,
+                    subscription=subscription,
+                    owner=self.owner,
+                    next_attempt_at=next_attempt_at,
+                    chain_key=self.runtime.chain_key,
+                    now=now,
+                )
             )
+        except Exception as exc:
+            log.exception(
+                "recording the attempt of outbox row %s failed; recording it as a failed attempt",
+                row.pk,
+            )
+            await self._record_failed_bookkeeping(
+                row, attempt, event, exc, subscription=subscription
+            )
+
+    async def _record_failed_bookkeeping(
+        self,
+        row: Entry,
+        attempt: Attempt,
+        event: EventFor,
+        error: Exception,
+        *,
+        subscription: LiveSubscription | None,
+    ) -> None:
+        """Record an attempt whose bookkeeping failed as a counted, audited failed attempt.
+
+        Whatever the attempt's outcome (even a success: whether the receiver had it is
+        not on record), the row is rescheduled on the normal backoff, its `Retry-After`
+        ignored (or given up, if retrying cannot help), the failure is counted towards
+        the Subscription's `error`, and the `transmit` AuditEvent, last, has a failure
+        outcome whose description says the bookkeeping failed. Only while this worker
+        still holds the row's lease: should the first unit have committed after all
+        (an error after its commit), the lease is gone and nothing is recorded twice.
+
+        If this fails too (the database unreachable, say), it is logged and nothing more
+        is tried, and the row is not sent again at once, nor in a loop: it keeps its
+        lease, so no worker, this one included, claims it before `lease_until`: at
+        least `delivery_lease_seconds` after it was claimed, and never less than the
+        send needs. Then it is claimed and sent again, as after a crashed worker, once
+        per lease at most, each round logged, until a record succeeds.
+        """
+        failed = Attempt(
+            False,
+            _bookkeeping_failed(attempt, error),
+            permanent=attempt.permanent or attempt.gone,
         )
+        now = utcnow()
+        try:
+            next_attempt_at = None if failed.permanent else self._backoff(row, now)
+            prepared = prepare_event(row.domain, event(False, failed.description), now)
+            recorded = await self.runtime.database.write(
+                _bookkeeping(
+                    row,
+                    failed,
+                    prepared,
+                    subscription=subscription,
+                    owner=self.owner,
+                    next_attempt_at=next_attempt_at,
+                    chain_key=self.runtime.chain_key,
+                    now=now,
+                    while_leased=True,
+                )
+            )
+        except Exception:
+            log.exception(
+                "recording the failed bookkeeping of outbox row %s failed too; it keeps its "
+                "lease and is sent again when the lease runs out",
+                row.pk,
+            )
+            return
+        if not recorded:
+            log.warning(
+                "outbox row %s was no longer leased here: its attempt was recorded already, "
+                "or another worker has it",
+                row.pk,
+            )
 
     def _next_attempt(self, row: Entry, attempt: Attempt, now: datetime) -> datetime | None:
         if attempt.gone or attempt.permanent:
@@ -268,6 +345,58 @@ class Deliverer:
             first_delay=timedelta(seconds=self.runtime.settings.retry_base_seconds),
         )
         return None if delay is None else now + delay
+
+    def _backoff(self, row: Entry, now: datetime) -> datetime | None:
+        """The normal schedule's next attempt, or None when the retries are over.
+
+        Should even that fail, the schedule's longest step: the row must be rescheduled.
+        """
+        try:
+            return self._next_attempt(row, Attempt(False, None), now)
+        except Exception:
+            log.exception(
+                "the backoff of outbox row %s failed; retrying in %s", row.pk, SCHEDULE[-1]
+            )
+            return now + SCHEDULE[-1]
+
+
+def _transmit(
+    row: Entry,
+    *,
+    destination_device: str | None,
+    destination: str,
+    subscription: tuple[str, str] | None,
+    site: str,
+    trace: TraceIds,
+) -> EventFor:
+    """The builder of the `transmit` AuditEvent of one attempt at `row`."""
+
+    def event(success: bool, description: str | None) -> dict[str, Any]:
+        return transmit_event(
+            success=success,
+            outcome_description=description,
+            source_device=row.source_device,
+            destination_device=destination_device,
+            destination=destination,
+            resource_version=f"{row.resource_type}/{row.resource_id}/_history/{row.version_id}",
+            subscription=subscription,
+            hub_device=HUB_DEVICE,
+            site=site,
+            trace=trace,
+            recorded=utcnow(),
+        )
+
+    return event
+
+
+def _bookkeeping_failed(attempt: Attempt, error: Exception) -> str:
+    """The description of an attempt whose bookkeeping failed (the details are logged)."""
+    outcome = "delivered" if attempt.success else attempt.description or "delivery failed"
+    reason = f"; then its bookkeeping failed ({type(error).__name__})"
+    room = _MAX_DESCRIPTION - len(reason)
+    if len(outcome) > room:
+        outcome = outcome[: room - 1] + "…"
+    return outcome + reason
 
 
 def _subscription_and_resource(row: Entry) -> Work[tuple[StoredRow | None, StoredRow | None]]:
@@ -287,24 +416,32 @@ def _bookkeeping(
     next_attempt_at: datetime | None,
     chain_key: bytes,
     now: datetime,
-) -> Work[None]:
-    """One attempt's record: the row done or rescheduled, health and status, AuditEvent."""
+    while_leased: bool = False,
+) -> Work[bool]:
+    """One attempt's record: the row done or rescheduled, health and status, AuditEvent.
+
+    With `while_leased`, nothing is recorded (False) unless `owner` still holds the
+    row's lease.
+    """
     if attempt.success:
-        yield from outbox.complete(row, owner=owner)
+        leased = yield from outbox.complete(row, owner=owner)
     else:
-        yield from outbox.reschedule(
+        leased = yield from outbox.reschedule(
             row,
             owner=owner,
             next_attempt_at=next_attempt_at,
             error=attempt.description or "delivery failed",
             now=now,
         )
+    if while_leased and not leased:
+        return False
     if subscription is not None:
         yield from _keep_health(row.domain, subscription, attempt, now)
     # The audit chain's head is locked last, as every write path does: a client's
     # Subscription update locks the Subscription first and the head last, so the
     # opposite order here would deadlock against it on PostgreSQL.
     yield from append_events([event], chain_key)
+    return True
 
 
 def _keep_health(

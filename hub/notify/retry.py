@@ -6,9 +6,14 @@ that the deliveries that failed together during a receiver's outage do not all
 come back at the same instant; the bands do not overlap, so the schedule stays
 monotone whatever the jitter. A receiver's `Retry-After` wins when it asks for
 later than the schedule, jittered upwards only, so it is never retried sooner
-than it asked, up to `RETRY_AFTER_CAP`: a receiver that asks for more than six
-hours is still tried after six, so a mistaken header cannot silence it for
-most of the two-day window.
+than it asked, up to `RETRY_AFTER_CAP`: no delay is ever longer than six hours,
+so a receiver that asks for more (or a mistaken header, however large) is still
+tried after six, and cannot silence itself for most of the two-day window.
+
+Whatever the header holds (a number of any size, a sign, garbage, a date
+centuries away or beyond what `datetime` can hold), reading it never raises:
+an unreadable value is ignored and a readable one is clamped to
+[0, `RETRY_AFTER_CAP`] before any arithmetic that could overflow.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ RETRY_AFTER_CAP = timedelta(hours=6)
 JITTER = 0.2
 
 _MAX_DESCRIPTION = 500
+# Delta-seconds longer than this many digits exceed the cap whatever they say.
+_CAP_DIGITS = len(str(int(RETRY_AFTER_CAP.total_seconds())))
 
 
 def next_attempt_delay(
@@ -63,7 +70,8 @@ def next_attempt_delay(
     delay = step * rng.uniform(1 - JITTER, 1 + JITTER)
     asked = retry_after_delay(retry_after, now=now)
     if asked is not None and asked > delay:
-        delay = min(asked, RETRY_AFTER_CAP) * rng.uniform(1, 1 + JITTER)
+        # Jittered upwards, then capped: the cap is a ceiling, jitter included.
+        delay = min(asked * rng.uniform(1, 1 + JITTER), RETRY_AFTER_CAP)
     if now + delay > first_attempt_at + RETRY_WINDOW:
         return None
     return delay
@@ -72,20 +80,31 @@ def next_attempt_delay(
 def retry_after_delay(value: str | None, *, now: datetime) -> timedelta | None:
     """A `Retry-After` header as a delay from `now`: delta-seconds or an HTTP-date.
 
-    None for an absent or unreadable value; a date in the past is a zero delay.
+    None for an absent or unreadable value (a sign, a fraction, garbage, a date
+    `datetime` cannot hold); otherwise a delay clamped to [0, `RETRY_AFTER_CAP`]:
+    a date in the past is a zero delay, anything beyond the cap is the cap. Never
+    raises, however large the value: the digits are compared before they are
+    converted (Python refuses `int()` of more than 4,300 digits, and `timedelta`
+    overflows at a billion days). `now` is timezone-aware.
     """
     if value is None:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return timedelta(seconds=int(value))
+        digits = value.lstrip("0") or "0"
+        if len(digits) > _CAP_DIGITS:
+            return RETRY_AFTER_CAP
+        return min(timedelta(seconds=int(digits)), RETRY_AFTER_CAP)
     try:
         moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if moment.tzinfo is None:  # the asctime form carries no zone; HTTP-dates are GMT
+            moment = moment.replace(tzinfo=UTC)
+        delay = moment - now
+    except (TypeError, ValueError, ArithmeticError):
+        # e.g. a year beyond 9999 (ValueError), or a zone offset too large for a C int
+        # (OverflowError, an ArithmeticError)
         return None
-    if moment.tzinfo is None:  # the asctime form carries no zone; HTTP-dates are GMT
-        moment = moment.replace(tzinfo=UTC)
-    return max(moment - now, timedelta(0))
+    return min(max(delay, timedelta(0)), RETRY_AFTER_CAP)
 
 
 def describe_failure(result: DeliveryResult) -> str:

@@ -1,46 +1,60 @@
 """The Deliverer on both backends, without a running hub: re-check, send, bookkeeping.
 
 Outbox rows are queued and claimed with the store's own units; the receiver is a
-stand-in client that answers with given statuses. What is checked is what one
-delivery leaves in the database: the row done, rescheduled, given up or dropped,
-the Subscription's failure count and status, and the `transmit` AuditEvent's link
-in the domain's chain.
+stand-in client that answers with given statuses (and, if asked, a `Retry-After`).
+What is checked is what one delivery leaves in the database: the row done,
+rescheduled, given up or dropped, the Subscription's failure count and status, and
+the `transmit` AuditEvent's link in the domain's chain. Also that the bookkeeping
+survives its own failures: a value it cannot compute with, a write that fails.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
+from sqlalchemy import select
 
 from hub.access.apps import AccessConfig
 from hub.fhir import jsonio
 from hub.fhir.origin import with_origin
+from hub.interactions import delivery
 from hub.interactions.delivery import Deliverer
 from hub.net import DeliveryResult, OutboundClient
+from hub.notify.retry import RETRY_AFTER_CAP, next_attempt_delay
 from hub.runtime import Runtime, utcnow
 from hub.settings import Settings
 from hub.store import health, outbox, resources
 from hub.store.audit import chain_head
 from hub.store.db import Database
 from hub.store.outbox import Entry, Trigger
-from hub.store.sql import Work
+from hub.store.resources import RESOURCES
+from hub.store.sql import Work, execute
 from tests.support.hub import AppKeys, hub_settings, write_apps_file
 
 DOMAIN = "test"
 ENDPOINT = "https://receiver.example/hook"
 OWNER = "this-host:1:abc"
+HUGE_RETRY_AFTER = "100000000000000"  # seconds: beyond what a timedelta can hold
+
+T = TypeVar("T")
 
 
 class Receiver:
-    """Answers each POST with the next queued status (200 once they run out)."""
+    """Answers each POST with the next queued status (200 once they run out).
+
+    Every answer that is not a success carries `retry_after`, if set, as its
+    `Retry-After` header.
+    """
 
     def __init__(self) -> None:
         self.statuses: list[int] = []
+        self.retry_after: str | None = None
         self.posts: list[dict[str, str]] = []
 
     async def post_notification(
@@ -48,7 +62,30 @@ class Receiver:
     ) -> DeliveryResult:
         self.posts.append(dict(headers))
         status = self.statuses.pop(0) if self.statuses else 200
-        return DeliveryResult(url, 0.01, status=status)
+        retry_after = None if 200 <= status < 300 else self.retry_after
+        return DeliveryResult(url, 0.01, status=status, retry_after=retry_after)
+
+
+class FailingWrites:
+    """The database, but its next `failures` writes fail (after committing, if `after`)."""
+
+    def __init__(self, database: Database, failures: int, *, after: bool = False) -> None:
+        self.database = database
+        self.failures = failures
+        self.after = after
+
+    async def read(self, work: Work[T]) -> T:
+        return await self.database.read(work)
+
+    async def write(self, work: Work[T]) -> T:
+        if self.failures <= 0:
+            return await self.database.write(work)
+        self.failures -= 1
+        if self.after:
+            await self.database.write(work)
+        else:
+            work.close()
+        raise RuntimeError("the database went away")
 
 
 @dataclass
@@ -112,18 +149,16 @@ def _queue(request_id: str) -> Work[None]:
     yield from outbox.enqueue_webhooks(trigger, ["s1"])
 
 
-async def _claim(database: Database) -> Entry:
+async def _claim(database: Database, later: timedelta = timedelta(hours=1)) -> Entry:
     # Claimed as if later: a rescheduled row is due at once.
     [row] = await database.write(
-        outbox.claim(
-            owner=OWNER, now=utcnow() + timedelta(hours=1), lease=timedelta(seconds=60), limit=1
-        )
+        outbox.claim(owner=OWNER, now=utcnow() + later, lease=timedelta(seconds=60), limit=1)
     )
     return row
 
 
-async def _deliver(setup: Setup) -> None:
-    await setup.deliverer.deliver(await _claim(setup.database))
+async def _deliver(setup: Setup, later: timedelta = timedelta(hours=1)) -> None:
+    await setup.deliverer.deliver(await _claim(setup.database, later))
 
 
 async def _subscription(database: Database) -> tuple[int, str, str | None]:
@@ -136,6 +171,22 @@ async def _subscription(database: Database) -> tuple[int, str, str | None]:
 async def _events(database: Database) -> int:
     seq, _ = await database.read(chain_head(DOMAIN))
     return seq
+
+
+def _stored_events() -> Work[list[dict[str, Any]]]:
+    found = yield from execute(
+        select(RESOURCES.c.content)
+        .where(RESOURCES.c.domain == DOMAIN, RESOURCES.c.rtype == "AuditEvent")
+        .order_by(RESOURCES.c.pk)
+    )
+    return [jsonio.loads(content) for (content,) in found.rows]
+
+
+async def _transmits(database: Database) -> list[tuple[str, str | None]]:
+    """Each `transmit` AuditEvent's (outcome, outcomeDesc), oldest first."""
+    events = await database.read(_stored_events())
+    assert all(event["type"]["code"] == "transmit" for event in events)
+    return [(event["outcome"], event.get("outcomeDesc")) for event in events]
 
 
 async def test_a_success_completes_the_row_and_is_audited(setup: Setup) -> None:
@@ -237,3 +288,137 @@ async def test_an_email_that_cannot_be_sent_is_given_up_and_audited(setup: Setup
         "email", outbox.GAVE_UP, "e-mail is off (HUB_SMTP_URL is unset)",
     )  # fmt: skip
     assert await _events(database) == 1
+
+
+async def test_a_huge_retry_after_is_capped_counted_and_audited(setup: Setup) -> None:
+    # It used to overflow inside the bookkeeping: the row was sent again at every
+    # lease, for ever, with no AuditEvent, no failure counted and no `error`.
+    database = setup.database
+    await database.write(_subscription_and_patient())
+    await database.write(_queue("r1"))
+    setup.receiver.statuses = [503, 503, 503]
+    setup.receiver.retry_after = HUGE_RETRY_AFTER
+    error = f"HTTP 503 from {ENDPOINT}"
+    for attempt in (1, 2, 3):
+        before = utcnow()
+        await _deliver(setup, later=RETRY_AFTER_CAP + timedelta(hours=1))
+        after = utcnow()
+        [row] = await database.read(outbox.entries())
+        assert (row.attempts, row.state, row.last_error, row.lease_owner) == (
+            attempt, outbox.PENDING, error, None,
+        )  # fmt: skip
+        # The cap, jitter included: at most 6 hours ahead (and, asked for more, not less).
+        assert before + RETRY_AFTER_CAP <= row.next_attempt_at <= after + RETRY_AFTER_CAP
+        assert await _transmits(database) == [("4", error)] * attempt
+        assert await database.read(health.failures(DOMAIN, "s1")) == (attempt, error)
+    assert len(setup.receiver.posts) == 3
+    assert await _subscription(database) == (2, "error", error)
+
+
+async def test_a_failure_in_the_bookkeeping_is_a_counted_audited_failed_attempt(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = setup.database
+    await database.write(_subscription_and_patient())
+    await database.write(_queue("r1"))
+
+    def overflowing(failures: int, *, retry_after: str | None, **kwargs: Any) -> Any:
+        if retry_after is not None:  # whatever may still overflow in there
+            raise OverflowError("date value out of range")
+        return next_attempt_delay(failures, retry_after=retry_after, **kwargs)
+
+    monkeypatch.setattr(delivery, "next_attempt_delay", overflowing)
+    setup.receiver.statuses = [503, 503, 503]
+    setup.receiver.retry_after = "120"
+    error = f"HTTP 503 from {ENDPOINT}; then its bookkeeping failed (OverflowError)"
+    for attempt in (1, 2, 3):
+        caplog.clear()
+        before = utcnow()
+        with caplog.at_level(logging.ERROR, logger="hub.delivery"):
+            await _deliver(setup)
+        [row] = await database.read(outbox.entries())
+        assert (row.attempts, row.state, row.last_error, row.lease_owner) == (
+            attempt, outbox.PENDING, error, None,
+        )  # fmt: skip
+        # The normal backoff (5 s, 30 s, 2 min ± 20 %), not the Retry-After.
+        assert before < row.next_attempt_at <= utcnow() + timedelta(minutes=3)
+        assert await _transmits(database) == [("4", error)] * attempt
+        assert await database.read(health.failures(DOMAIN, "s1")) == (attempt, error)
+        [logged] = caplog.records
+        assert logged.exc_info is not None and logged.exc_info[0] is OverflowError
+    assert await _subscription(database) == (2, "error", error)
+
+
+async def test_a_success_whose_record_fails_is_recorded_as_a_failed_attempt(
+    setup: Setup,
+) -> None:
+    database = setup.database
+    await database.write(_subscription_and_patient())
+    await database.write(_queue("r1"))
+    setup.deliverer.runtime.database = cast(Database, FailingWrites(database, 1))
+    before = utcnow()
+    await _deliver(setup)
+    error = "delivered; then its bookkeeping failed (RuntimeError)"
+    [row] = await database.read(outbox.entries())
+    assert (row.attempts, row.state, row.last_error, row.lease_owner) == (
+        1, outbox.PENDING, error, None,
+    )  # fmt: skip
+    assert before < row.next_attempt_at <= utcnow() + timedelta(seconds=6)
+    assert await _transmits(database) == [("4", error)]
+    assert await database.read(health.failures(DOMAIN, "s1")) == (1, error)
+
+    await _deliver(setup)  # sent again, and recorded this time
+    assert await database.read(outbox.entries()) == []
+    assert await _transmits(database) == [("4", error), ("0", None)]
+    assert await database.read(health.failures(DOMAIN, "s1")) == (0, None)
+    assert len(setup.receiver.posts) == 2
+
+
+async def test_a_record_that_fails_twice_leaves_the_row_leased(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = setup.database
+    await database.write(_subscription_and_patient())
+    await database.write(_queue("r1"))
+    setup.receiver.statuses = [503]
+    setup.deliverer.runtime.database = cast(Database, FailingWrites(database, 2))
+    claimed = await _claim(database, later=timedelta(0))
+    with caplog.at_level(logging.ERROR, logger="hub.delivery"):
+        await setup.deliverer.deliver(claimed)
+    assert len(caplog.records) == 2
+    assert "keeps its lease" in caplog.records[1].getMessage()
+    # Nothing recorded: the row keeps this worker's lease, so no worker sends it again
+    # until the lease runs out, and then once.
+    [row] = await database.read(outbox.entries())
+    assert (row.attempts, row.lease_owner, row.lease_until) == (0, OWNER, claimed.lease_until)
+    assert claimed.lease_until is not None
+    assert await database.write(_claim_at(claimed.lease_until - timedelta(seconds=1))) == []
+    assert await _events(database) == 0
+    assert len(setup.receiver.posts) == 1
+
+    await setup.deliverer.deliver(await _claim(database))  # once the lease has run out
+    assert await database.read(outbox.entries()) == []
+    assert await _transmits(database) == [("0", None)]
+    assert len(setup.receiver.posts) == 2
+
+
+def _claim_at(now: datetime) -> Work[list[Entry]]:
+    return outbox.claim(owner="other-host:2:def", now=now, lease=timedelta(seconds=60), limit=1)
+
+
+async def test_a_record_that_committed_after_all_is_not_recorded_twice(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = setup.database
+    await database.write(_subscription_and_patient())
+    await database.write(_queue("r1"))
+    setup.receiver.statuses = [503]
+    setup.deliverer.runtime.database = cast(Database, FailingWrites(database, 1, after=True))
+    with caplog.at_level(logging.WARNING, logger="hub.delivery"):
+        await _deliver(setup)
+    error = f"HTTP 503 from {ENDPOINT}"
+    [row] = await database.read(outbox.entries())
+    assert (row.attempts, row.last_error, row.lease_owner) == (1, error, None)
+    assert await _transmits(database) == [("4", error)]
+    assert await database.read(health.failures(DOMAIN, "s1")) == (1, error)
+    assert "no longer leased here" in caplog.records[-1].getMessage()
