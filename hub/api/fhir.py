@@ -28,7 +28,7 @@ from hub.api.responses import FHIR_JSON, PLAIN_JSON, FhirResponse, error_respons
 from hub.audit.events import Entity, query_entity
 from hub.fhir.capability import capability_statement
 from hub.fhir.model import is_supported
-from hub.fhir.outcome import FhirError, information, not_found
+from hub.fhir.outcome import FhirError, bad_request, information, not_found
 from hub.interactions import reads, writes
 from hub.interactions.effects import rules_for
 from hub.interactions.exchange import Audit, Exchange, Prefer
@@ -265,7 +265,14 @@ async def search_post(request: Request) -> Response:
             raise FhirError.single(
                 415, "not-supported", "POST _search needs application/x-www-form-urlencoded"
             )
-        body = (await read_limited(request, runtime_of(request).settings.max_body_bytes)).decode()
+        raw = await read_limited(request, runtime_of(request).settings.max_body_bytes)
+        try:
+            body = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise bad_request(
+                f"The _search body is not UTF-8 ({error.reason} at byte {error.start})",
+                code="structure",
+            ) from None
         params = list(parse_qsl(request.url.query, keep_blank_values=True))
         params += parse_qsl(body, keep_blank_values=True)
         query_string = "&".join(filter(None, (request.url.query, body)))

@@ -9,10 +9,18 @@ majority) are written by the C encoder at full speed.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
 _encode_string = json.encoder.encode_basestring
+
+MAX_DEPTH = 100
+"""How deeply arrays and objects may nest: FHIR resources need far fewer levels, and
+every recursive walk of a document (validation, indexing, writing) stays bounded."""
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 class JsonError(ValueError):
@@ -43,6 +51,7 @@ def loads(body: bytes | str) -> Any:
             body = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise JsonError(f"the body is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    _check_depth(body)
     try:
         return json.loads(
             body,
@@ -52,8 +61,24 @@ def loads(body: bytes | str) -> Any:
         )
     except JsonError:
         raise
+    except RecursionError:
+        raise JsonError(f"arrays and objects nest deeper than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise JsonError(str(exc)) from exc
+
+
+def _check_depth(text: str) -> None:
+    """Refuse nesting beyond `MAX_DEPTH` before parsing (the parser itself recurses)."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return
+    depth = 0
+    for char in _NOT_BRACKET.sub("", _STRING.sub("", text)):
+        if char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise JsonError(f"arrays and objects nest deeper than {MAX_DEPTH} levels")
+        else:
+            depth -= 1
 
 
 class _HasDecimal(Exception):

@@ -8,6 +8,7 @@ client's own document (plus server-set fields), never the model re-serialised.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cache
 from typing import Any
@@ -55,6 +56,44 @@ def parse_body(body: bytes, *, expected_type: str) -> dict[str, Any]:
             f"{expected_type}.resourceType" if actual is None else "resourceType",
         )
     return resource
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def refuse_unstorable(resource: Mapping[str, Any]) -> None:
+    """400 naming every string of `resource` that holds a NUL or a lone surrogate.
+
+    Checked last before a write is prepared, so the type's own rules speak first.
+    """
+    issues = list(_unstorable(resource, str(resource.get("resourceType"))))
+    if issues:
+        raise FhirError(400, issues)
+
+
+def _unstorable(value: Any, path: str) -> Iterator[Issue]:
+    """Strings (names too) with a NUL or a lone surrogate: no database text can hold them.
+
+    FHIR strings may not contain them either (R4 §2.24.0.1: no characters below U+0020
+    but tab, CR and LF; JSON text is Unicode).
+    """
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
+        if isinstance(key, str) and _UNSTORABLE.search(key):
+            yield Issue("structure", "A property name contains a NUL or a lone surrogate",
+                        (ascii(where),))  # fmt: skip
+        elif isinstance(item, str):
+            found = _UNSTORABLE.search(item)
+            if found:
+                yield Issue(
+                    "invariant",
+                    f"The value contains U+{ord(found.group()):04X} at position {found.start()}, "
+                    "which a FHIR string may not contain",
+                    (where,),
+                )
+        elif isinstance(item, dict | list):
+            yield from _unstorable(item, where)
 
 
 def _path(resource_type: str, location: tuple[int | str, ...]) -> str:

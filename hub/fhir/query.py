@@ -59,7 +59,9 @@ _NOT_IN_CRITERIA: dict[str, str] = {
     "_format": "it chooses the encoding of one response, not which resources match",
 }
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]+")
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # a logical id (FHIR R4 id), as stored
+_ID = ID
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,51 @@ def unescape(text: str) -> str:
     return re.sub(r"\\([,$|\\])", r"\1", text)
 
 
+MAX_DIGITS = 18  # every 18-digit number fits a 64-bit (BIGINT) column
+
+
+def whole_number(text: str) -> int | None:
+    """`text` as a non-negative integer if it is 1 to 18 ASCII digits, else None.
+
+    `str.isdigit()` and `int()` accept other digits (`²`, `٣`), signs and spaces, and
+    `int()` raises on more than 4,300 digits: every number a client sends goes through here.
+    """
+    if 0 < len(text) <= MAX_DIGITS and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def parse_whole_number(text: str, expression: str, *, minimum: int = 0) -> int:
+    """`whole_number(text)`, or a 400 naming `expression` when it is none or below `minimum`."""
+    number = whole_number(text)
+    if number is None or number < minimum:
+        raise bad_request(
+            f"{expression} must be a whole number of at most {MAX_DIGITS} digits"
+            + (f", at least {minimum}" if minimum else "")
+            + f", not {_shown(text)}",
+            expression,
+        )
+    return number
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """`text` quoted for a message: escaped (no control characters) and shortened."""
+    return repr(text[:limit]) + (
+        f" (and {len(text) - limit} more characters)" if len(text) > limit else ""
+    )
+
+
+def refuse_unstorable(text: str, expression: str) -> None:
+    """400 for a NUL or a lone surrogate: no database text (PostgreSQL's least) can hold them."""
+    found = _UNSTORABLE.search(text)
+    if found is not None:
+        raise bad_request(
+            f"{expression} contains the character U+{ord(found.group()):04X} at position "
+            f"{found.start()}, which cannot be stored",
+            expression,
+        )
+
+
 def parse_criteria(criteria: str) -> Query:
     """Parse a Subscription.criteria `Type?query` (always strict)."""
     resource_type, _, query_string = criteria.strip().partition("?")
@@ -231,6 +278,8 @@ def parse_search(
     unknown: list[str] = []
     controls: dict[str, str] = {}
     for name, value in params:
+        refuse_unstorable(name, _shown(name))
+        refuse_unstorable(value, name)
         if name in _CONTROLS:
             if value == "":
                 continue  # An empty parameter is ignored (FHIR R4 §3.1.1.5).
@@ -365,7 +414,7 @@ def _value(param: SearchParam, modifier: str | None, raw: str, name: str) -> Val
         text = unescape(raw)
         return TextValue(text, normalize(text))
     if param.type == "uri":
-        return UriValue(unescape(raw)[:MAX_URL])
+        return UriValue(clip(unescape(raw), MAX_URL) or "")
     if param.type == "date":
         return _date_value(raw, name)
     return _reference_value(param, modifier, unescape(raw), name)
@@ -410,9 +459,7 @@ def _reference_value(
 def _parse_count(value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.isdigit():
-        raise bad_request(f"_count must be a non-negative integer, not {value!r}", "_count")
-    return int(value)
+    return parse_whole_number(value, "_count")
 
 
 def _parse_sort(resource_type: str, value: str | None) -> tuple[SortKey, ...]:

@@ -22,8 +22,8 @@ from hub.access.policy import Access
 from hub.audit.events import Entity, query_entity
 from hub.fhir import jsonio
 from hub.fhir.bundle import Entry, bundle, format_instant
-from hub.fhir.outcome import FhirError, Issue, bad_request, forbidden, not_found, operation_outcome
-from hub.fhir.query import Query, parse_search
+from hub.fhir.outcome import FhirError, Issue, forbidden, not_found, operation_outcome
+from hub.fhir.query import Query, parse_search, parse_whole_number, whole_number
 from hub.interactions.exchange import Audit, Exchange
 from hub.store import resources
 from hub.store.resources import StoredRow
@@ -77,11 +77,12 @@ async def read(exchange: Exchange, rtype: str, id: str) -> Found:
 
 
 async def vread(exchange: Exchange, rtype: str, id: str, version: str) -> Found:
-    if not version.isdigit():
-        raise not_found(f"{rtype}/{id} has no version {version!r}")
+    number = whole_number(version)
+    if number is None:  # not ASCII digits, or more than any stored version can have
+        raise not_found(f"{rtype}/{id} has no version {version[:40]!r}")
     row = await _readable_current(exchange, rtype, id)
     stored_version = await exchange.runtime.database.read(
-        resources.version(exchange.domain, rtype, id, int(version))
+        resources.version(exchange.domain, rtype, id, number)
     )
     if stored_version is None:
         raise not_found(f"{rtype}/{id} has no version {version}")
@@ -104,16 +105,11 @@ async def history(
     """The instance history Bundle, newest first, paged by `_count` and `_cursor`."""
     settings = exchange.runtime.settings
     controls = dict(params)
-    try:
-        count = min(int(controls.get("_count", settings.default_page_size)), settings.max_page_size)
-    except ValueError:
-        raise bad_request("_count must be a whole number", "_count") from None
-    try:
-        before = int(controls["_cursor"]) if "_cursor" in controls else None
-    except ValueError:
-        raise bad_request("_cursor must be a whole number", "_cursor") from None
-    if count < 1:
-        raise bad_request("_count must be at least 1", "_count")
+    count = settings.default_page_size
+    if "_count" in controls:
+        count = parse_whole_number(controls["_count"], "_count", minimum=1)
+    count = min(count, settings.max_page_size)
+    before = parse_whole_number(controls["_cursor"], "_cursor") if "_cursor" in controls else None
     row = await _readable_current(exchange, rtype, id)
     versions = await exchange.runtime.database.read(
         resources.history(row.pk, count=count + 1, before_version=before)

@@ -20,9 +20,10 @@ from typing import Any
 from hub.audit.events import Entity
 from hub.audit.store import prepare as prepare_event
 from hub.fhir import jsonio
-from hub.fhir.model import parse_body, validate
+from hub.fhir.model import parse_body, refuse_unstorable, validate
 from hub.fhir.origin import origin_references, with_origin
 from hub.fhir.outcome import FhirError, bad_request, forbidden, not_found, unprocessable
+from hub.fhir.query import MAX_DIGITS, whole_number
 from hub.interactions import effects
 from hub.interactions.exchange import Audit, Exchange
 from hub.interactions.reads import Found, gone
@@ -33,7 +34,7 @@ from hub.store.resources import NewVersion, StoredRow
 from hub.store.sql import Work
 from hub.trace import new_id
 
-_WEAK_ETAG = re.compile(r'^(?:W/)?"(\d+)"$')
+_WEAK_ETAG = re.compile(r'^(?:W/)?"([^"]*)"$')
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,14 @@ def _parse_if_match(header: str | None) -> int:
             428, "required", 'An update needs an If-Match header with the version, e.g. W/"3"'
         )
     match = _WEAK_ETAG.match(header.strip())
-    if match is None:
-        raise bad_request(f'If-Match must be an ETag such as W/"3", got {header!r}', "If-Match")
-    return int(match.group(1))
+    version = whole_number(match.group(1)) if match else None
+    if version is None:
+        raise bad_request(
+            f'If-Match must be an ETag such as W/"3" (at most {MAX_DIGITS} digits), '
+            f"got {header[:60]!r}",
+            "If-Match",
+        )
+    return version
 
 
 def _refuse_client_origin(rtype: str, resource: dict[str, Any]) -> None:
@@ -178,6 +184,7 @@ async def create(exchange: Exchange, rtype: str, body: bytes) -> Written:
     resource = await rules.before_write(exchange, resource, None)
     origin = access.caller.client_id
     with_origin(resource, origin)
+    refuse_unstorable(resource)
     new = resources.prepare(
         exchange.domain,
         resource,
@@ -220,6 +227,7 @@ async def update(
     if not supplied_origins and current.origin is not None:
         with_origin(resource, current.origin)
     resource = await rules.before_write(exchange, resource, previous)
+    refuse_unstorable(resource)
     new = resources.prepare(
         exchange.domain,
         resource,

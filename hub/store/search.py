@@ -47,9 +47,13 @@ from sqlalchemy import (
     select,
 )
 
+from hub.fhir import jsonio
 from hub.fhir.extract import normalize
 from hub.fhir.match import OriginsOf, unrestricted
 from hub.fhir.outcome import bad_request
+from hub.fhir.query import (
+    ID as _ID,
+)
 from hub.fhir.query import (
     Clause,
     DateValue,
@@ -372,7 +376,11 @@ def _encode_value(value: Any) -> Any:
 
 
 def _decode_value(value: Any) -> Any:
-    return datetime.fromisoformat(value["t"]) if isinstance(value, dict) else value
+    if isinstance(value, dict):
+        if set(value) != {"t"} or not isinstance(value["t"], str):
+            raise ValueError("not an instant")
+        return datetime.fromisoformat(value["t"])
+    return value
 
 
 def encode_cursor(query: Query, bounds: Sequence[Any], *, backwards: bool) -> str:
@@ -383,18 +391,52 @@ def encode_cursor(query: Query, bounds: Sequence[Any], *, backwards: bool) -> st
     return f"{_b64(payload)}.{_b64(_check(query, payload))}"
 
 
+_MAX_CURSOR = 4096  # characters: a real cursor holds a few short values
+_MAX_KEY = 2**63 - 1  # `pk` is a BIGINT
+
+
+def _bound_fits(kind: str, value: Any) -> bool:
+    """Whether a cursor's boundary value is one the sort key can hold (a forged one may not)."""
+    if kind == "pk":
+        return type(value) is int and 0 <= value <= _MAX_KEY
+    if kind == "id":
+        return isinstance(value, str) and _ID.fullmatch(value) is not None
+    nullable = kind == "date"
+    if value is None:
+        return nullable
+    return isinstance(value, datetime) and value.tzinfo is None
+
+
+def _bound_kinds(query: Query) -> list[str]:
+    """What each sort key of `_sort_keys(query)` holds: `id`, `instant`, `date` (or null), `pk`."""
+    kinds = [
+        "id" if key.code == "_id" else "instant" if key.code == "_lastUpdated" else "date"
+        for key in query.sort
+    ]
+    return [*kinds, "pk"]
+
+
 def decode_cursor(query: Query, cursor: str, size: int) -> tuple[list[Any], bool]:
-    """The boundary values and direction (backwards?) of `cursor`, or a 400."""
+    """The boundary values and direction (backwards?) of `cursor`, or a 400.
+
+    The check is not secret, so a cursor with a right check may still hold anything:
+    every value is checked against the sort key it bounds before it reaches SQL.
+    """
+    kinds = _bound_kinds(query)
     try:
+        if len(cursor) > _MAX_CURSOR or size != len(kinds):
+            raise ValueError("size")
         payload_text, _, check_text = cursor.partition(".")
         payload = _unb64(payload_text)
         if _unb64(check_text) != _check(query, payload):
             raise ValueError("check failed")
-        document = json.loads(payload)
+        document = jsonio.loads(payload)
         bounds = [_decode_value(value) for value in document["k"]]
         if len(bounds) != size or document["d"] not in ("next", "prev"):
             raise ValueError("shape")
-    except (ValueError, KeyError, TypeError, binascii.Error):
+        if not all(_bound_fits(kind, bound) for kind, bound in zip(kinds, bounds, strict=True)):
+            raise ValueError("values")
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, RecursionError):
         raise bad_request(
             "The paging cursor is invalid, or belongs to another search", "_cursor"
         ) from None
