@@ -7,12 +7,16 @@ ready to be stored. Codes and shapes follow the Koppeltaal facts (AuditEvent).
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import binascii
+import copy
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from hub.fhir.bundle import format_instant
+from hub.fhir.extract import clip
 from hub.fhir.origin import RESOURCE_ORIGIN
 from hub.trace import TraceIds
 
@@ -248,3 +252,89 @@ def transmit_event(
         )
     event["entity"] = entities
     return event
+
+
+# What a request can make long (its path, query, addresses, the refusal's text) is cut to
+# this many bytes of UTF-8 when an event cannot be stored whole (`truncated`).
+MAX_TRUNCATED_TEXT = 2048
+TRUNCATED_WHAT = "truncated-what"
+TRUNCATED_QUERY = "truncated-query"
+
+
+def _digest(data: bytes) -> str:
+    return f"SHA-256 {hashlib.sha256(data).hexdigest()} of {len(data)} bytes"
+
+
+def _cut(text: str) -> str:
+    """`text` clipped, the SHA-256 of the whole noted after it: MAX_TRUNCATED_TEXT bytes at most."""
+    note = f"… [truncated: {_digest(text.encode('utf-8', 'surrogatepass'))}]"
+    return f"{clip(text, MAX_TRUNCATED_TEXT - len(note.encode())) or ''}{note}"
+
+
+def _too_long(text: str) -> bool:
+    return len(text) > MAX_TRUNCATED_TEXT // 4 and len(text.encode("utf-8", "surrogatepass")) > (
+        MAX_TRUNCATED_TEXT
+    )
+
+
+def _cut_strings(value: Any) -> tuple[Any, bool]:
+    """`value` with every long string cut (`_cut`), and whether any was."""
+    if isinstance(value, str):
+        return (_cut(value), True) if _too_long(value) else (value, False)
+    if isinstance(value, Mapping):
+        # An entity's `query` is base64Binary: `_truncate_entity` cuts its bytes.
+        pairs = {
+            key: (item, False) if key == "query" else _cut_strings(item)
+            for key, item in value.items()
+        }
+        return {key: item for key, (item, _) in pairs.items()}, any(
+            cut for _, cut in pairs.values()
+        )
+    if isinstance(value, list):
+        items = [_cut_strings(item) for item in value]
+        return [item for item, _ in items], any(cut for _, cut in items)
+    return value, False
+
+
+def _truncate_entity(entity: dict[str, Any]) -> bool:
+    """Cut the entity's `what` and `query` in place, each digest noted as a detail."""
+    notes: list[dict[str, Any]] = []
+    what = entity.get("what")
+    reference = what.get("reference") if isinstance(what, dict) else None
+    if isinstance(what, dict) and isinstance(reference, str) and _too_long(reference):
+        what["reference"] = f"{clip(reference, MAX_TRUNCATED_TEXT - len('…'.encode()))}…"
+        notes.append({"type": TRUNCATED_WHAT, "valueString": _digest(reference.encode())})
+    query = entity.get("query")
+    if isinstance(query, str) and len(query) > MAX_TRUNCATED_TEXT * 4 // 3 + 4:
+        try:
+            data = base64.b64decode(query, validate=True)
+        except binascii.Error:
+            data = query.encode("ascii", "replace")
+        text = data.decode("utf-8", "replace")
+        cut = (clip(text, MAX_TRUNCATED_TEXT) or "").encode("utf-8", "surrogatepass")
+        entity["query"] = base64.b64encode(cut).decode("ascii")
+        notes.append({"type": TRUNCATED_QUERY, "valueString": _digest(data)})
+    if notes:
+        details = entity.get("detail")
+        entity["detail"] = [*(details if isinstance(details, list) else ()), *notes]
+    return bool(notes)
+
+
+def truncated(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`event` with what a request made long cut to a few kB, or None if nothing is long.
+
+    For an event that could not be stored whole: the entity's `what` and `query` are
+    cut, each with the SHA-256 of the whole as an entity detail (`truncated-what`,
+    `truncated-query`); any other long text (outcomeDesc, an address, a detail) is cut
+    with the digest noted after it. A refusal thus stays on the trail whatever was asked.
+    """
+    result: dict[str, Any] = copy.deepcopy(dict(event))
+    changed = False
+    for entity in result.get("entity") or ():
+        if isinstance(entity, dict):
+            changed = _truncate_entity(entity) or changed
+    cut, cut_any = _cut_strings(result)
+    if not (changed or cut_any):
+        return None
+    assert isinstance(cut, dict)
+    return cut

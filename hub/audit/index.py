@@ -60,7 +60,7 @@ COVERED_PARAMS: Mapping[str, bool] = {
 
 def _code(param: str, value: Any) -> Iterable[TokenRow]:
     if isinstance(value, str) and value:
-        yield TokenRow(param, None, value[:MAX_CODE], None)
+        yield TokenRow(param, None, clip(value, MAX_CODE), None)
 
 
 def _coding(param: str, coding: Any) -> Iterable[TokenRow]:
@@ -140,7 +140,7 @@ def event_index(event: Mapping[str, Any]) -> IndexValues:
     found = date_range(recorded) if isinstance(recorded, str) else None
     dates = [DateRow("date", *found)] if found else []
     uris = [
-        UriRow("_profile", profile[:MAX_URL])
+        UriRow("_profile", clip(profile, MAX_URL) or "")
         for profile in (event.get("meta") or {}).get("profile") or ()
         if isinstance(profile, str) and profile
     ]

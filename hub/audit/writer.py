@@ -10,6 +10,13 @@ with 500: no unaudited access).
 Each event is serialised and indexed in its caller's task (`prepare`), so a
 flush holds the writer only for the statements. A batch is one unit of work:
 on SQLite it joins the database's group commit with the writes of the moment.
+
+One bad event never fails the others: when a batch's unit fails, its events
+are stored again one by one, each its own unit (concurrently, so on SQLite they
+still share a commit, each in its own savepoint). An event that fails alone is
+stored truncated (`hub.audit.events.truncated`: what the request made long cut,
+with the SHA-256 of the whole), so no request can keep its refusal off the
+trail; only if even that fails does its own caller get the exception.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from hub.audit.events import truncated
 from hub.audit.store import prepare
 from hub.store.audit import append_events
 from hub.store.db import Database
@@ -67,14 +75,43 @@ class AuditWriter:
     async def _flush_all(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            if len(batch) == 1:
+                await self._store_alone(batch[0])
+                continue
             try:
                 await self._database.write(
                     append_events([pending.event for pending in batch], self._chain_key)
                 )
+            except Exception:
+                log.exception("storing %d AuditEvents together failed: one by one", len(batch))
+                await asyncio.gather(*(self._store_alone(pending) for pending in batch))
+            else:
                 _settle(batch, None)
-            except Exception as exc:
-                log.exception("storing %d AuditEvent(s) failed", len(batch))
-                _settle(batch, exc)
+
+    async def _store_alone(self, pending: _Pending) -> None:
+        """Store one event in its own unit; truncated if it fails whole. Never raises."""
+        try:
+            await self._database.write(append_events([pending.event], self._chain_key))
+        except Exception as exc:
+            failure: Exception = exc
+        else:
+            _settle([pending], None)
+            return
+        event = pending.event
+        shorter = truncated(event.resource)
+        if shorter is None:
+            log.error("storing an AuditEvent failed", exc_info=failure)
+            _settle([pending], failure)
+            return
+        log.warning("storing an AuditEvent failed (%s): storing it truncated", failure)
+        try:
+            cut = prepare(event.domain, shorter, self._clock())
+            await self._database.write(append_events([cut], self._chain_key))
+        except Exception as exc:
+            log.exception("storing a truncated AuditEvent failed too")
+            _settle([pending], exc)
+        else:
+            _settle([pending], None)
 
     async def close(self) -> None:
         if self._flusher is not None:

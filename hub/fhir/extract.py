@@ -34,12 +34,17 @@ from typing import Any, NamedTuple, TypeVar
 from hub.fhir.fhirpath import reference_target
 from hub.fhir.search_params import SearchParam, params_for
 
-# Index columns are bounded (and PostgreSQL limits a b-tree entry to ~2.7 kB), so values
-# are clipped to these lengths here and in query values alike: equality and prefixes
-# then look at the first N characters, the same way in SQL and in memory.
+# Index columns are bounded, and PostgreSQL limits a whole b-tree entry to 2,704 bytes
+# (`ix_idx_token_lookup` holds domain, rtype, param, code and system). So values are
+# clipped to these many BYTES of UTF-8, at a character boundary (`clip`), here and in
+# query values alike: equality and prefixes then look at the same first characters, in
+# SQL and in memory. The worst entry, a token's code and system with 64-character
+# domain, type and parameter, stays under 1,800 bytes; for ASCII these are the
+# character limits of the columns.
 MAX_CODE = 512
 MAX_URL = 1024
 MAX_NORM = 500
+MAX_TYPE = 64  # `ref_type` column; no resource type comes near
 
 # The earliest and latest instants a range can reach; an open Period end is "far future".
 MIN_DATE = datetime(1, 1, 1)
@@ -102,11 +107,25 @@ def normalize(text: str) -> str:
     """Lower-case (case-folded), without accents and clipped: how strings are compared."""
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(char for char in decomposed if not unicodedata.combining(char))
-    return unicodedata.normalize("NFC", stripped.casefold())[:MAX_NORM]
+    return clip(unicodedata.normalize("NFC", stripped.casefold()), MAX_NORM) or ""
 
 
 def clip(text: str | None, limit: int) -> str | None:
-    return text[:limit] if text else None
+    """`text` cut to at most `limit` bytes of UTF-8, never inside a character; None if empty."""
+    if not text:
+        return None
+    if len(text) * 4 <= limit:  # no character takes more than 4 bytes
+        return text
+    if text.isascii():
+        return text[:limit]
+    # surrogatepass: a lone surrogate (3 bytes) is clipped like any character, never an error.
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return text
+    end = limit
+    while encoded[end] & 0xC0 == 0x80:  # a continuation byte: its character starts before
+        end -= 1
+    return encoded[:end].decode("utf-8", "surrogatepass")
 
 
 _DATE = re.compile(
@@ -184,7 +203,7 @@ def _tokens(param: str, value: Any) -> Iterable[TokenRow]:
     if isinstance(value, bool):
         yield TokenRow(param, None, "true" if value else "false", None)
     elif isinstance(value, str) and value:
-        yield TokenRow(param, None, value[:MAX_CODE], None)
+        yield TokenRow(param, None, clip(value, MAX_CODE), None)
     elif isinstance(value, Mapping):
         if "coding" in value or set(value) <= {"text", "id", "extension"}:
             for coding in value.get("coding") or ():
@@ -238,6 +257,8 @@ def reference_row(param: str, reference: str) -> ReferenceRow | None:
     absolute = ":" in reference.split("/", 1)[0]
     url = clip(reference.split("|", 1)[0], MAX_URL) if absolute else None  # canonical|version
     target = reference_target(url or reference)
+    if target is not None and len(target[0]) > MAX_TYPE:  # `Aaaa…aaa/x`: no resource type
+        target = None
     if target is None and url is None:
         return None
     ref_type, ref_id = target or (None, None)
@@ -266,7 +287,7 @@ def _dates(param: str, value: Any) -> Iterable[DateRow]:
 
 def _uris(param: str, value: Any) -> Iterable[UriRow]:
     if isinstance(value, str) and value:
-        yield UriRow(param, value[:MAX_URL])
+        yield UriRow(param, clip(value, MAX_URL) or "")
 
 
 def _unique(rows: Iterable[_Row]) -> tuple[_Row, ...]:
