@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any, TypeGuard
 
 from hub.fhir.outcome import Issue
@@ -273,7 +273,7 @@ def _check_attachment(attachment: Any, path: str) -> Iterator[Issue]:
     issues: list[Issue] = []
     data = _required_string(attachment, "data", path, issues)
     content_type = _required_string(attachment, "contentType", path, issues)
-    _required_string(attachment, "title", path, issues)
+    title = _required_string(attachment, "title", path, issues)
     yield from issues
 
     allowed = content_type in filetypes.ALLOWED_CONTENT_TYPES
@@ -284,8 +284,24 @@ def _check_attachment(attachment: Any, path: str) -> Iterator[Issue]:
             + ", ".join(filetypes.ALLOWED_CONTENT_TYPES),
             (f"{path}.contentType",),
         )
+    sniffed = yield from _check_attachment_data(data, content_type if allowed else None, path)
+    if title is not None:
+        # The title is the download file name: no paths, no hidden or executable
+        # extension, and (once the bytes are known to be of the declared type) no
+        # extension of another type than the file's.
+        for problem in filetypes.title_problems(title, sniffed):
+            yield _invalid(f"{path}.title", f"Attachment title {problem}")
+
+
+def _check_attachment_data(
+    data: str | None, content_type: str | None, path: str
+) -> Generator[Issue, None, str | None]:
+    """Issues with an attachment's data; returns its content type when the bytes are of it.
+
+    `content_type` is the declared type when it is an allowed one, otherwise None.
+    """
     if data is None:
-        return
+        return None
     decoded = decode_base64(data)
     if decoded is None:
         yield _invalid(
@@ -294,16 +310,20 @@ def _check_attachment(attachment: Any, path: str) -> Iterator[Issue]:
             "'/' in groups of 4, '=' padding only to complete the last group; whitespace "
             "or line breaks only between groups of 4)",
         )
-    elif (
-        content_type is not None
-        and allowed
-        and not filetypes.has_content_type(decoded, content_type)
-    ):
+    elif content_type is None:
+        return None
+    elif not filetypes.has_content_type(decoded, content_type):
         yield _invalid(
             f"{path}.data",
             f"Attachment is declared as {content_type} but its data is not "
             f"{filetypes.type_name(content_type)}: it is {filetypes.describe(decoded)}",
         )
+    else:
+        # It is what it says; now what rides along (scripts, macros, appended files).
+        for hazard in filetypes.hazards(decoded, content_type):
+            yield _invalid(f"{path}.data", f"Attachment data is refused: {hazard}")
+        return content_type
+    return None
 
 
 def _required_string(

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import zipfile
 from typing import Any
 
 import pytest
@@ -318,6 +320,104 @@ def test_data_must_be_what_its_type_says(
 def test_data_is_not_sniffed_against_a_refused_type(resource: dict[str, Any]) -> None:
     set_attachments(resource, attachment(EXE_BYTES, "application/x-msdownload"))
     assert located(validate_communication(resource)) == {("value", (f"{FIRST_FILE}.contentType",))}
+
+
+def _docx_with(name: str, content: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for part in ("[Content_Types].xml", "_rels/.rels", "word/document.xml"):
+            archive.writestr(part, "<xml/>")
+        archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def pdf_with(dictionary: bytes) -> bytes:
+    return b"%PDF-1.7\n1 0 obj\n<< " + dictionary + b" >>\nendobj\ntrailer\n<<>>\n%%EOF\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "reason"),
+    [
+        (PDF_BYTES + EXE_BYTES, "application/pdf", "bytes follow the PDF's last %%EOF"),
+        (pdf_with(b"/S /JavaScript /JS (app.alert(1))"), "application/pdf", "JavaScript"),
+        (pdf_with(b"/S /J#61vaScript"), "application/pdf", "JavaScript"),
+        (pdf_with(b"/S /Launch /F (cmd.exe)"), "application/pdf", "launch action"),
+        (pdf_with(b"/Type /EmbeddedFile"), "application/pdf", "embedded file"),
+        (pdf_with(b"/AA << /O 2 0 R >>"), "application/pdf", "automatic actions"),
+        (JPEG_BYTES + b"<html><script>alert(1)</script>", "image/jpeg", "follow the JPEG"),
+        (png_bytes() + b"<html></html>", "image/png", "follow the PNG"),
+        (OLE2_BYTES + "_VBA_PROJECT".encode("utf-16-le"), "application/msword", "macros"),
+        (_docx_with("word/vbaProject.bin", b"x"), DOCX, "macros"),
+        (_docx_with("word/embeddings/setup.exe", EXE_BYTES), DOCX, "program or script"),
+        (_docx_with("word/media/bomb.xml", bytes(10 * 1024 * 1024)), DOCX, "zip bomb"),
+    ],
+    ids=[
+        "pdf+exe", "pdf javascript", "pdf escaped name", "pdf launch", "pdf embedded file",
+        "pdf additional actions", "jpeg+html", "png+html", "doc macros", "docx macros",
+        "docx embedded exe", "docx zip bomb",
+    ],
+)  # fmt: skip
+def test_polyglots_and_active_content_are_refused(
+    resource: dict[str, Any], data: bytes, content_type: str, reason: str
+) -> None:
+    title = {"image/jpeg": "x.jpg", "image/png": "x.png", DOCX: "x.docx"}.get(content_type, "x")
+    set_attachments(resource, attachment(data, content_type, title))
+    issue = only_issue(resource)
+    assert (issue.code, issue.expression) == ("invalid", (f"{FIRST_FILE}.data",))
+    assert issue.diagnostics.startswith("Attachment data is refused: ")
+    assert reason in issue.diagnostics
+
+
+@pytest.mark.parametrize(
+    ("title", "reason"),
+    [
+        ("invoice.pdf.exe", "double extension"),
+        ("invoice.exe", "extension .exe"),
+        ("../x.pdf", "path separator"),
+        ("..", "'..'"),
+        ("dir\\x.pdf", "path separator"),
+        ("x.pdf\r\nX-Injected: 1", "control characters"),
+        ("x\x00.pdf", "control characters"),
+        ("invoice\u202efdp.exe", "text-direction"),
+        ("invoice.exe.", "ends in a dot"),
+        ("scan.jpg", "does not match its content type application/pdf"),
+    ],
+)
+def test_unsafe_titles_are_refused(resource: dict[str, Any], title: str, reason: str) -> None:
+    resource["payload"][1]["contentAttachment"]["title"] = title
+    issues = validate_communication(resource)
+    assert {issue.expression for issue in issues} == {(f"{FIRST_FILE}.title",)}
+    assert all(issue.code == "invalid" for issue in issues)
+    assert any(reason in issue.diagnostics for issue in issues), issues
+
+
+def test_a_title_is_compared_only_with_what_the_bytes_are(resource: dict[str, Any]) -> None:
+    # A PNG declared as JPEG is refused for its data; its .pdf title is not judged against
+    # a type the bytes do not have.
+    set_attachments(resource, attachment(png_bytes(), "image/jpeg", "lab-results.pdf"))
+    assert located(validate_communication(resource)) == {("invalid", (f"{FIRST_FILE}.data",))}
+
+
+def test_every_unsafe_attachment_is_named(resource: dict[str, Any]) -> None:
+    set_attachments(
+        resource,
+        attachment(PDF_BYTES, "application/pdf", "ok.pdf"),
+        attachment(PDF_BYTES + EXE_BYTES, "application/pdf", "invoice.pdf.exe"),
+        attachment(JPEG_BYTES, "image/jpeg", "foto.jpg"),
+        attachment(JPEG_BYTES + b"<html>", "image/jpeg", "foto.jpg"),
+    )
+    assert located(validate_communication(resource)) == {
+        ("invalid", ("Communication.payload[2].contentAttachment.data",)),
+        ("invalid", ("Communication.payload[2].contentAttachment.title",)),
+        ("invalid", ("Communication.payload[4].contentAttachment.data",)),
+    }
+
+
+def test_title_diagnostics_never_echo_the_title(resource: dict[str, Any]) -> None:
+    secret = "Uitslag HIV-test Jan Jansen"
+    resource["payload"][1]["contentAttachment"]["title"] = f"{secret}.pdf.exe"
+    issues = validate_communication(resource)
+    assert issues and not any(secret in issue.diagnostics for issue in issues)
 
 
 # -- recipient and patient ------------------------------------------------------------
