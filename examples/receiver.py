@@ -54,8 +54,6 @@ EXAMPLES = Path(__file__).resolve().parent
 KT = "http://koppeltaal.nl/fhir/StructureDefinition"
 LIFECYCLE = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
-# The hub's own Device in every domain: the sender of every notification.
-HUB_DEVICE = "koppeltaal-hub"
 
 log = logging.getLogger("receiver")
 
@@ -202,20 +200,15 @@ def receive_event(
         "action": "E",
         "recorded": notification.received.isoformat().replace("+00:00", "Z"),
         "outcome": "0",
+        # Only the receiving application acts here, and only it observes: the hub
+        # refuses an event that names another application (or itself) in either role.
         "agent": [
-            {
-                "type": {
-                    "coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]
-                },
-                "who": {"reference": f"Device/{HUB_DEVICE}"},
-                "requestor": True,
-            },
             {
                 "type": {
                     "coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]
                 },
                 "who": {"reference": f"Device/{config.client_id}"},
-                "requestor": False,
+                "requestor": True,
                 "network": {"address": config.endpoint, "type": "5"},
             },
         ],

@@ -21,6 +21,7 @@ from typing import Any
 
 from hub.access.apps import Snapshot
 from hub.access.policy import subscriber_may_read, subscriber_origins
+from hub.audit.events import AUDIT_EVENT_TYPE, DCM, LIFECYCLE
 from hub.fhir import jsonio
 from hub.fhir.match import OriginsOf, Target, chain_targets, matches
 from hub.fhir.model import Rules
@@ -32,7 +33,7 @@ from hub.interactions.reads import refuse_unreadable_chains
 from hub.net import UnsafeDestination, check_url
 from hub.notify.mail import NoticeKind, decide_patient_notice
 from hub.notify.registry import LiveSubscription
-from hub.rules.audit_event import check_kt2_essentials
+from hub.rules.audit_event import check_kt2_essentials, check_posted_by
 from hub.rules.bsn import BSN_SYSTEM
 from hub.rules.notification import email_of, patient_bsn, patient_email, validate_communication
 from hub.rules.subscription import normalise_status, validate_subscription
@@ -203,6 +204,20 @@ def _audit_essentials(resource: Mapping[str, Any]) -> list[Any]:
     return list(check_kt2_essentials(resource))
 
 
+# The hub's own event kinds (hub.audit.events): REST events, notifications sent, logins.
+HUB_EVENT_TYPES = frozenset({(AUDIT_EVENT_TYPE, "rest"), (LIFECYCLE, "transmit"), (DCM, "110114")})
+
+
+async def _posted_by_caller(
+    exchange: Exchange, resource: dict[str, Any], _previous: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A posted event speaks for its poster alone: one 422 lists every way it does not."""
+    caller = f"Device/{exchange.authorised().caller.client_id}"
+    if issues := check_posted_by(resource, caller, reserved_types=HUB_EVENT_TYPES):
+        raise FhirError(422, issues)
+    return resource
+
+
 def _chain_posted(written: Change) -> Work[Effects]:
     """An application's own AuditEvent joins the domain's chain too."""
     yield from append_links(
@@ -229,7 +244,10 @@ def _registered_device(exchange: Exchange, id: str) -> None:
 
 TYPE_RULES: Mapping[str, TypeRules] = {
     "AuditEvent": TypeRules(
-        append_only=True, essentials=_audit_essentials, after_write=_chain_posted
+        append_only=True,
+        essentials=_audit_essentials,
+        before_write=_posted_by_caller,
+        after_write=_chain_posted,
     ),
     "Communication": TypeRules(
         structural=validate_communication, after_write=_queue_patient_notice

@@ -2,15 +2,22 @@
 
 Applications post their own `receive` events and processing errors
 (Koppeltaal client error handling). The hub stores them in the same trail as
-its own, so it insists on the essentials an auditor needs to read them.
+its own, so it insists on the essentials an auditor needs to read them
+(`check_kt2_essentials`), and, since the chain then vouches for them, that a
+posted event speaks only for its poster (`check_posted_by`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
+from hub.fhir import jsonio
 from hub.fhir.outcome import Issue
+
+# A posted event larger than this (compact JSON, UTF-8) is refused: the trail is kept
+# forever and chained, so one application may not fill it with a few requests.
+MAX_POSTED_EVENT_BYTES = 64 * 1024
 
 
 def _missing(element: str, what: str) -> Issue:
@@ -55,3 +62,69 @@ def _problems(event: Mapping[str, Any]) -> Iterator[Issue]:
         entity.get("what") or entity.get("query") for entity in _mappings(event.get("entity"))
     ):
         yield _missing("entity", "an entity naming what the event is about")
+
+
+def check_posted_by(
+    event: Mapping[str, Any],
+    caller_device: str,
+    *,
+    reserved_types: Collection[tuple[str, str]],
+    max_bytes: int = MAX_POSTED_EVENT_BYTES,
+) -> list[Issue]:
+    """Every way a posted (structurally valid) event speaks for someone else.
+
+    `caller_device` is the poster's own Device reference (`Device/<client_id>`):
+    every requesting agent and `source.observer` must be it, so an application
+    cannot name another application, or the hub, as the one who acted or
+    observed. `reserved_types` are the (system, code) pairs of the hub's own
+    event kinds; a posted event may not claim one (nor its code without a
+    system, which a `type=<code>` search would find just the same).
+    """
+    return list(_impersonations(event, caller_device, reserved_types, max_bytes))
+
+
+def _impersonations(
+    event: Mapping[str, Any],
+    caller_device: str,
+    reserved_types: Collection[tuple[str, str]],
+    max_bytes: int,
+) -> Iterator[Issue]:
+    size = len(jsonio.dumps(event).encode("utf-8"))
+    if size > max_bytes:
+        yield Issue(
+            "too-long",
+            f"A posted AuditEvent may be at most {max_bytes} bytes of JSON; this one is {size}",
+            ("AuditEvent",),
+        )
+    event_type = _mapping(event.get("type"))
+    code, system = event_type.get("code"), event_type.get("system")
+    if any(code == c and system in (None, s) for s, c in reserved_types):
+        yield Issue(
+            "business-rule",
+            f"AuditEvents of type {code!r} are written by the hub alone",
+            ("AuditEvent.type",),
+        )
+    requestors = [
+        (index, agent)
+        for index, agent in enumerate(_mappings(event.get("agent")))
+        if agent.get("requestor") is True
+    ]
+    if not requestors:
+        yield Issue(
+            "business-rule",
+            f"A posted AuditEvent needs a requesting agent (requestor true): {caller_device}",
+            ("AuditEvent.agent",),
+        )
+    for index, agent in requestors:
+        if _reference(agent.get("who")) != caller_device:
+            yield Issue(
+                "business-rule",
+                f"The requesting agent of a posted AuditEvent must be the poster, {caller_device}",
+                (f"AuditEvent.agent[{index}].who",),
+            )
+    if _reference(_mapping(event.get("source")).get("observer")) != caller_device:
+        yield Issue(
+            "business-rule",
+            f"The observer of a posted AuditEvent must be the poster, {caller_device}",
+            ("AuditEvent.source.observer",),
+        )

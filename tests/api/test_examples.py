@@ -80,12 +80,18 @@ async def test_patient_example_round_trips(module_hub: HubServer) -> None:
 async def test_audit_event_examples(module_hub: HubServer, name: str) -> None:
     """The examples lack what a KT2AuditEvent needs (a Device agent, an observer): 422.
 
-    With just those added, they are stored and read back as sent.
+    With those added, and put right where they would speak for someone else (another
+    requesting agent, or a `rest` event: the hub's own kind), they are stored and read
+    back as sent.
     """
     example = fixture(name)
     kt2 = as_posted(example)
+    for agent in kt2["agent"]:
+        agent["requestor"] = False
     kt2["agent"].append({"who": {"reference": "Device/xis"}, "requestor": True})
     kt2["source"]["observer"] = {"reference": "Device/xis"}
+    if kt2["type"].get("code") == "rest":
+        kt2["type"] = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110100"}
     async with module_hub.client("xis") as xis:
         refused = outcome(await xis.post("/AuditEvent", json=example), 422)
         created = await xis.post("/AuditEvent", json=kt2)

@@ -6,8 +6,17 @@ from typing import Any
 
 import pytest
 
+from tests.audit.database import audit_row, verify
 from tests.audit.test_rest_events import assert_rest_event
-from tests.audit.trail import RESOURCE_ORIGIN, TraceHeaders, event_of, extension, search_events
+from tests.audit.trail import (
+    DCM,
+    HUB_DEVICE,
+    RESOURCE_ORIGIN,
+    TraceHeaders,
+    event_of,
+    extension,
+    search_events,
+)
 from tests.support.hub import HubServer
 
 LIFECYCLE = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
@@ -25,10 +34,8 @@ def receive_event(client_id: str, trace_id: str) -> dict[str, Any]:
         "action": "E",
         "recorded": "2025-03-01T12:00:00.000Z",
         "outcome": "0",
-        "agent": [
-            {"who": {"reference": "Device/koppeltaal-hub"}, "requestor": False},
-            {"who": {"reference": f"Device/{client_id}"}, "requestor": True},
-        ],
+        # The receiving application alone: the sender's agent is not part of it.
+        "agent": [{"who": {"reference": f"Device/{client_id}"}, "requestor": True}],
         "source": {"observer": {"reference": f"Device/{client_id}"}},
         "entity": [{"what": {"reference": "Task/123/_history/1"}}],
     }
@@ -153,3 +160,128 @@ async def test_a_structurally_broken_event_with_its_essentials_is_400(
     async with shared_hub.client("module") as module:
         response = await module.post("/AuditEvent", json=event)
     assert response.status_code == 400
+
+
+# --- a posted event speaks only for its poster ------------------------------------------
+
+
+async def _post_as_module(
+    shared_hub: HubServer, event: dict[str, Any], ids: TraceHeaders | None = None
+) -> tuple[int, list[dict[str, Any]]]:
+    ids = ids or TraceHeaders.new()
+    async with shared_hub.client("module") as module:
+        response = await module.post("/AuditEvent", json=event, headers=ids.headers)
+    body = response.json()
+    return response.status_code, body.get("issue", []) if response.status_code >= 400 else []
+
+
+def _expressions(issues: list[dict[str, Any]]) -> list[str]:
+    return [expression for issue in issues for expression in issue.get("expression", [])]
+
+
+@pytest.mark.parametrize("impostor", ["Device/xis", HUB_DEVICE])
+async def test_an_app_may_not_name_another_as_requestor(
+    shared_hub: HubServer, impostor: str
+) -> None:
+    event = receive_event("module", "trace-1")
+    event["agent"] = [
+        {"who": {"reference": "Device/module"}, "requestor": False},
+        {"who": {"reference": impostor}, "requestor": True},
+    ]
+    status, issues = await _post_as_module(shared_hub, event)
+    assert status == 422
+    assert _expressions(issues) == ["AuditEvent.agent[1].who"]
+    assert issues[0]["code"] == "business-rule"
+
+
+async def test_a_second_requestor_besides_the_poster_is_refused(shared_hub: HubServer) -> None:
+    event = receive_event("module", "trace-1")
+    event["agent"].append({"who": {"reference": "Device/xis"}, "requestor": True})
+    status, issues = await _post_as_module(shared_hub, event)
+    assert status == 422
+    assert _expressions(issues) == ["AuditEvent.agent[1].who"]
+
+
+async def test_an_event_without_a_requestor_is_refused(shared_hub: HubServer) -> None:
+    event = receive_event("module", "trace-1")
+    event["agent"][0]["requestor"] = False
+    status, issues = await _post_as_module(shared_hub, event)
+    assert status == 422
+    assert _expressions(issues) == ["AuditEvent.agent"]
+
+
+@pytest.mark.parametrize("observer", [HUB_DEVICE, "Device/xis"])
+async def test_an_app_may_not_name_another_as_observer(
+    shared_hub: HubServer, observer: str
+) -> None:
+    event = receive_event("module", "trace-1")
+    event["source"] = {"observer": {"reference": observer}}
+    status, issues = await _post_as_module(shared_hub, event)
+    assert status == 422
+    assert _expressions(issues) == ["AuditEvent.source.observer"]
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    [
+        {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        {"system": LIFECYCLE, "code": "transmit"},
+        {"system": DCM, "code": "110114", "display": "User Authentication"},
+        {"code": "transmit"},  # no system: `type=transmit` would find it all the same
+    ],
+)
+async def test_the_hubs_own_event_kinds_are_reserved(
+    shared_hub: HubServer, event_type: dict[str, Any]
+) -> None:
+    event = {**receive_event("module", "trace-1"), "type": event_type}
+    status, issues = await _post_as_module(shared_hub, event)
+    assert status == 422
+    assert _expressions(issues) == ["AuditEvent.type"]
+
+
+async def test_every_impersonation_is_named_at_once(shared_hub: HubServer) -> None:
+    event = {
+        **receive_event("module", "trace-1"),
+        "type": {"system": LIFECYCLE, "code": "transmit"},
+    }
+    event["agent"] = [{"who": {"reference": "Device/xis"}, "requestor": True}]
+    event["source"] = {"observer": {"reference": HUB_DEVICE}}
+    ids = TraceHeaders.new()
+    status, issues = await _post_as_module(shared_hub, event, ids)
+    assert status == 422
+    assert _expressions(issues) == [
+        "AuditEvent.type",
+        "AuditEvent.agent[0].who",
+        "AuditEvent.source.observer",
+    ]
+    # Refused, so it is not in the trail: only the hub's record of the refusal is.
+    assert [
+        e["type"]["code"] for e in await search_events(shared_hub, {"traceId": ids.trace_id})
+    ] == ["rest"]
+
+
+async def test_an_oversized_event_is_refused(shared_hub: HubServer) -> None:
+    event = receive_event("module", "trace-1")
+    event["entity"][0]["description"] = "x" * (64 * 1024)
+    status, issues = await _post_as_module(shared_hub, event)
+    assert status == 422
+    assert _expressions(issues) == ["AuditEvent"]
+    assert issues[0]["code"] == "too-long"
+
+
+async def test_the_posters_own_event_is_still_stored_and_chained(shared_hub: HubServer) -> None:
+    ids = TraceHeaders.new()
+    event = receive_event("module", ids.trace_id)
+    # Other parties may still be named, only not as the one who acted or observed.
+    event["agent"].append({"who": {"reference": HUB_DEVICE}, "requestor": False})
+    event["entity"][0]["description"] = "x" * 1000
+    async with shared_hub.client("module") as module:
+        response = await module.post("/AuditEvent", json=event, headers=ids.headers)
+    assert response.status_code == 201, response.text
+    stored = response.json()
+    trail = await search_events(shared_hub, {"traceId": ids.trace_id})
+    assert [e["id"] for e in trail if e["type"]["code"] == "receive"] == [stored["id"]]
+    # It joined the domain's chain, which still verifies.
+    _pk, seq = await audit_row(shared_hub.settings.database_url, stored["id"])
+    assert seq > 0
+    assert verify(shared_hub).exit_code == 0

@@ -1,12 +1,14 @@
-"""The KT2 essentials an application's own AuditEvent must carry (hub.rules.audit_event)."""
+"""What an application's own AuditEvent must carry, and may not claim (hub.rules.audit_event)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from hub.rules.audit_event import check_kt2_essentials
+from hub.interactions.effects import HUB_EVENT_TYPES
+from hub.rules.audit_event import MAX_POSTED_EVENT_BYTES, check_kt2_essentials, check_posted_by
 
 COMPLETE: dict[str, Any] = {
     "resourceType": "AuditEvent",
@@ -63,3 +65,78 @@ def test_everything_missing_is_named_in_order() -> None:
         "AuditEvent.source.observer",
         "AuditEvent.entity",
     ]
+
+
+# --- check_posted_by: a posted event speaks for its poster alone -------------------------
+
+MODULE = "Device/module"
+
+
+def _refused(event: dict[str, Any], **kwargs: Any) -> list[str]:
+    issues = check_posted_by(event, MODULE, reserved_types=HUB_EVENT_TYPES, **kwargs)
+    return [expression for issue in issues for expression in issue.expression]
+
+
+def test_the_posters_own_event_passes() -> None:
+    assert _refused(COMPLETE) == []
+
+
+def test_the_hub_event_kinds_are_the_ones_it_writes() -> None:
+    assert {
+        ("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest"),
+        ("http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle", "transmit"),
+        ("http://dicom.nema.org/resources/ontology/DCM", "110114"),
+    } == HUB_EVENT_TYPES
+
+
+@pytest.mark.parametrize(
+    ("change", "expressions"),
+    [
+        (
+            {"agent": [{"who": {"reference": "Device/koppeltaal-hub"}, "requestor": True}]},
+            ["AuditEvent.agent[0].who"],
+        ),
+        (
+            {
+                "agent": [
+                    {"who": {"reference": "Device/module"}, "requestor": True},
+                    {"who": {"reference": "Device/xis"}, "requestor": True},
+                ]
+            },
+            ["AuditEvent.agent[1].who"],
+        ),
+        (
+            {"agent": [{"who": {"identifier": {"value": "module"}}, "requestor": True}]},
+            ["AuditEvent.agent[0].who"],
+        ),
+        (
+            {"agent": [{"who": {"reference": "Device/module"}, "requestor": False}]},
+            ["AuditEvent.agent"],
+        ),
+        (
+            {"source": {"observer": {"reference": "Device/koppeltaal-hub"}}},
+            ["AuditEvent.source.observer"],
+        ),
+        ({"source": {"observer": {"display": "module"}}}, ["AuditEvent.source.observer"]),
+        ({"type": {"code": "rest"}}, ["AuditEvent.type"]),
+        (
+            {"type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114"}},
+            ["AuditEvent.type"],
+        ),
+    ],
+)
+def test_each_impersonation_is_named(change: dict[str, Any], expressions: list[str]) -> None:
+    assert _refused({**COMPLETE, **change}) == expressions
+
+
+def test_a_reserved_code_of_another_system_is_not_the_hubs() -> None:
+    assert _refused({**COMPLETE, "type": {"system": "urn:example", "code": "rest"}}) == []
+
+
+def test_the_size_cap_counts_compact_json() -> None:
+    event = {**COMPLETE, "entity": [{"what": {"reference": "Task/1"}, "description": ""}]}
+    base = len(json.dumps(event, separators=(",", ":")).encode())
+    event["entity"][0]["description"] = "é" * ((MAX_POSTED_EVENT_BYTES - base) // 2)
+    assert _refused(event) == []
+    event["entity"][0]["description"] += "éé"
+    assert _refused(event) == ["AuditEvent"]

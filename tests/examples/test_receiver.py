@@ -132,7 +132,10 @@ async def test_one_trace_id_follows_a_write_to_the_receivers_follow_up_search(
     # ... the receiver recorded that very notification ...
     assert extension(receive, "request-id") == notification
     assert extension(receive, "correlation-id") == "chain-w"
-    assert receive["agent"][1]["who"] == {"reference": "Device/portal"}
+    # ... as the receiving application alone: the only agent, and the observer.
+    assert [agent["who"] for agent in receive["agent"]] == [{"reference": "Device/portal"}]
+    assert receive["agent"][0]["requestor"] is True
+    assert receive["source"]["observer"] == {"reference": "Device/portal"}
     # ... and both its requests name the notification as their cause.
     assert extension(posted, "correlation-id") == notification
     assert extension(follow_up, "correlation-id") == notification
