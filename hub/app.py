@@ -88,7 +88,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         outbound = OutboundClient(settings)
     except SettingsError as exc:
         raise SystemExit(f"hub: cannot start: {exc}") from exc
-    database = Database(settings.database_url, pool_size=settings.database_pool_size)
+    database = Database(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        statement_timeout=settings.database_statement_timeout,
+    )
     await upgrade(database)
     chain_key = load_or_create_key(settings.keys_dir)
     runtime = Runtime(

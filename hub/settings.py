@@ -7,6 +7,7 @@ environment by building a new instance with `dataclasses.replace`.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ class Settings:
     # PostgreSQL connections one hub process may hold (plus its LISTEN connection);
     # requests wait for a free one rather than exhaust the server's max_connections.
     database_pool_size: int = 10
+    # PostgreSQL cancels a statement that runs longer (seconds), so one costly search
+    # cannot hold a pooled connection for everyone else; SQLite has no such limit.
+    database_statement_timeout: float = 5.0
     public_url: str = "http://127.0.0.1:8080"
     apps_file: Path = Path("examples/apps.yaml")
     authz_matrix: Path = Path("authz_matrix.yaml")
@@ -99,8 +103,22 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError as exc:
         raise SettingsError(f"{name}: {raw!r} is not a number") from exc
+    if not math.isfinite(value):
+        raise SettingsError(f"{name}: {raw!r} is not a finite number")
     if value <= 0:
         raise SettingsError(f"{name}: must be greater than zero, got {raw!r}")
+    return value
+
+
+# PostgreSQL's largest statement_timeout: 2^31 - 1 milliseconds.
+_MAX_STATEMENT_TIMEOUT = (2**31 - 1) // 1000
+
+
+def _statement_timeout(env: Mapping[str, str], default: float) -> float:
+    name = "HUB_DATABASE_STATEMENT_TIMEOUT"
+    value = _number(env, name, default)
+    if value > _MAX_STATEMENT_TIMEOUT:
+        raise SettingsError(f"{name}: at most {_MAX_STATEMENT_TIMEOUT} seconds, got {value:g}")
     return value
 
 
@@ -117,6 +135,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         database_url=text("HUB_DATABASE_URL", defaults.database_url),
         database_pool_size=int(_number(env, "HUB_DATABASE_POOL_SIZE", defaults.database_pool_size)),
+        database_statement_timeout=_statement_timeout(env, defaults.database_statement_timeout),
         public_url=_http_url(env, "HUB_PUBLIC_URL", defaults.public_url).rstrip("/"),
         apps_file=Path(text("HUB_APPS", str(defaults.apps_file))),
         authz_matrix=Path(text("HUB_AUTHZ_MATRIX", str(defaults.authz_matrix))),

@@ -12,6 +12,7 @@ def test_defaults_without_environment() -> None:
     settings = from_env({})
     assert settings == Settings(site=settings.site)
     assert settings.is_sqlite
+    assert settings.database_statement_timeout == 5.0
     assert settings.fhir_base("demo") == "http://127.0.0.1:8080/demo/fhir"
 
 
@@ -20,6 +21,7 @@ def test_every_variable_is_read() -> None:
         {
             "HUB_DATABASE_URL": "postgresql+asyncpg://hub@db/hub",
             "HUB_DATABASE_POOL_SIZE": "3",
+            "HUB_DATABASE_STATEMENT_TIMEOUT": "2.5",
             "HUB_PUBLIC_URL": "https://hub.example.nl/",
             "HUB_APPS": "/etc/hub/apps.yaml",
             "HUB_AUTHZ_MATRIX": "/etc/hub/matrix.yaml",
@@ -33,6 +35,7 @@ def test_every_variable_is_read() -> None:
     )
     assert not settings.is_sqlite
     assert settings.database_pool_size == 3
+    assert settings.database_statement_timeout == 2.5
     assert settings.public_url == "https://hub.example.nl"
     assert settings.token_endpoint("d") == "https://hub.example.nl/d/oauth2/token"
     assert settings.apps_file == Path("/etc/hub/apps.yaml")
@@ -52,6 +55,10 @@ def test_every_variable_is_read() -> None:
         ("HUB_WEBHOOK_ALLOW_NETWORKS", "10.0.0.0/33", "not a CIDR"),
         ("HUB_WEBHOOK_TIMEOUT", "soon", "not a number"),
         ("HUB_PAGE_SIZE", "0", "greater than zero"),
+        ("HUB_DATABASE_STATEMENT_TIMEOUT", "0", "greater than zero"),
+        ("HUB_DATABASE_STATEMENT_TIMEOUT", "5s", "not a number"),
+        ("HUB_DATABASE_STATEMENT_TIMEOUT", "nan", "not a finite number"),
+        ("HUB_DATABASE_STATEMENT_TIMEOUT", "3000000", "at most 2147483 seconds"),
         ("HUB_PORTAL_URL", "portal.example.nl", "not an http"),
         ("HUB_PUBLIC_URL", "ftp://hub", "not an http"),
         ("HUB_SMTP_URL", "mail.example.nl:25", "not an smtp"),

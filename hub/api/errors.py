@@ -56,6 +56,15 @@ def internal_error() -> FhirError:
     )
 
 
+def timed_out(seconds: float, *, search: bool) -> FhirError:
+    """The 503 answer to a statement PostgreSQL cancelled (`hub.store.db.Timeout`)."""
+    if search:
+        text = f"The search took longer than {seconds:g} s; narrow it"
+    else:
+        text = f"The request took longer than {seconds:g} s in the database; try again later"
+    return FhirError.single(503, "timeout", text)
+
+
 class ErrorMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from hub import trace
 from hub.api.auth import authenticate
-from hub.api.errors import internal_error
+from hub.api.errors import internal_error, timed_out
 from hub.api.refusals import public_exchange
 from hub.api.responses import FHIR_JSON, PLAIN_JSON, FhirResponse, error_response
 from hub.audit.events import Entity, query_entity
@@ -33,6 +33,7 @@ from hub.interactions import reads, writes
 from hub.interactions.effects import rules_for
 from hub.interactions.exchange import Audit, Exchange, Prefer
 from hub.runtime import Runtime
+from hub.store.db import Timeout
 
 log = logging.getLogger("hub.api")
 
@@ -165,6 +166,10 @@ async def perform(
     except FhirError as error:
         await exchange.fail(error, requested)
         return error_response(error, media_type)
+    except Timeout as timeout:
+        cancelled = timed_out(timeout.seconds, search=False)
+        await exchange.fail(cancelled, requested)
+        return error_response(cancelled, media_type)
     except Exception:
         # Audit the failure if the database still lets us; the error middleware answers 500.
         with contextlib.suppress(Exception):
@@ -256,6 +261,12 @@ async def type_endpoint(request: Request) -> Response:
     )
 
 
+# The largest `POST _search` body: far more than any search within the caps of
+# hub.fhir.query (MAX_CLAUSES parameters of MAX_VALUES values) needs, and refused
+# before a byte of it is parsed.
+MAX_SEARCH_BODY = 16 * 1024
+
+
 async def search_post(request: Request) -> Response:
     rtype = request.path_params["rtype"]
 
@@ -265,7 +276,8 @@ async def search_post(request: Request) -> Response:
             raise FhirError.single(
                 415, "not-supported", "POST _search needs application/x-www-form-urlencoded"
             )
-        raw = await read_limited(request, runtime_of(request).settings.max_body_bytes)
+        limit = min(MAX_SEARCH_BODY, runtime_of(request).settings.max_body_bytes)
+        raw = await read_limited(request, limit)
         try:
             body = raw.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -288,7 +300,10 @@ async def search_post(request: Request) -> Response:
 async def _search(
     exchange: Exchange, rtype: str, params: list[tuple[str, str]], query_string: str
 ) -> Answer:
-    return _listed(await reads.search(exchange, rtype, params, query_string))
+    try:
+        return _listed(await reads.search(exchange, rtype, params, query_string))
+    except Timeout as timeout:
+        raise timed_out(timeout.seconds, search=True) from timeout
 
 
 async def _create(request: Request, exchange: Exchange, rtype: str) -> Answer:

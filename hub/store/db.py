@@ -21,7 +21,11 @@ statement cache. Every process locks rows in one order (resources first, the
 audit chain head last); batching units of one process into one transaction
 would hold a chain head while a later unit waits for a row another process
 holds, so PostgreSQL does not group them. Reads run in REPEATABLE READ, so a
-search counts and pages one snapshot.
+search counts and pages one snapshot. Every pooled connection has a
+`statement_timeout`: a statement that runs longer is cancelled by the server
+and surfaces as `Timeout`, so one costly search cannot hold a connection (and
+the pool) for long. SQLite has no statement timeout; the caps on a search's
+clauses (`hub.fhir.query`) bound what it can be asked.
 """
 
 from __future__ import annotations
@@ -49,6 +53,15 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Units committed together at most; a larger backlog is committed in several groups.
 MAX_GROUP = 256
 SQLITE_READERS = 4
+DEFAULT_STATEMENT_TIMEOUT = 5.0  # seconds (PostgreSQL only)
+
+
+class Timeout(Exception):
+    """PostgreSQL cancelled a statement that ran longer than the statement timeout."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"a statement ran longer than the statement timeout of {seconds:g} s")
+        self.seconds = seconds
 
 
 def _sqlite_path(url: URL) -> str:
@@ -121,6 +134,10 @@ async def _run_postgres(connection: Any, step: Execute) -> Result:
         status: str = await connection.execute(compiled.sql, *arguments)
     except asyncpg.UniqueViolationError as exc:
         raise Conflict(str(exc)) from exc
+    except asyncpg.QueryCanceledError as exc:
+        # statement_timeout (the only cancellation the hub asks for); the unit cannot go
+        # on, its transaction is aborted.
+        raise _Cancelled(str(exc)) from exc
     last = status.rsplit(" ", 1)[-1]
     return Result([], int(last) if last.isdigit() else 0)
 
@@ -142,6 +159,10 @@ async def drive_async(connection: Any, work: Work[T]) -> T:
                 step = work.send(value)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+
+
+class _Cancelled(Exception):
+    """A statement cancelled by the server; `_Postgres` turns it into `Timeout`."""
 
 
 @dataclass
@@ -261,9 +282,10 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 class _Postgres:
     """A bounded asyncpg pool: each unit in its own transaction."""
 
-    def __init__(self, url: URL, pool_size: int) -> None:
+    def __init__(self, url: URL, pool_size: int, statement_timeout: float) -> None:
         self.connect_args = postgres_connect_args(url)
         self._pool_size = pool_size
+        self._statement_timeout = statement_timeout
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
 
@@ -273,23 +295,34 @@ class _Postgres:
                 if self._pool is None:
                     # No overflow: a burst of requests queues for a connection instead of
                     # opening more, so N hub processes never hold more than N * pool_size.
+                    # In milliseconds, at least 1: PostgreSQL reads 0 as "no timeout".
+                    timeout_ms = max(1, round(self._statement_timeout * 1000))
                     self._pool = await asyncpg.create_pool(
-                        **self.connect_args, min_size=1, max_size=self._pool_size
+                        **self.connect_args,
+                        min_size=1,
+                        max_size=self._pool_size,
+                        server_settings={"statement_timeout": str(timeout_ms)},
                     )
         return self._pool
 
     async def write(self, work: Work[T]) -> T:
         pool = await self.pool()
-        async with pool.acquire() as connection, connection.transaction():
-            return await drive_async(connection, work)
+        try:
+            async with pool.acquire() as connection, connection.transaction():
+                return await drive_async(connection, work)
+        except _Cancelled as exc:
+            raise Timeout(self._statement_timeout) from exc
 
     async def read(self, work: Work[T]) -> T:
         pool = await self.pool()
-        async with (
-            pool.acquire() as connection,
-            connection.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            return await drive_async(connection, work)
+        try:
+            async with (
+                pool.acquire() as connection,
+                connection.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                return await drive_async(connection, work)
+        except _Cancelled as exc:
+            raise Timeout(self._statement_timeout) from exc
 
     async def dispose(self) -> None:
         if self._pool is not None:
@@ -311,7 +344,13 @@ def postgres_connect_args(url: URL) -> dict[str, Any]:
 class Database:
     """The hub's database: `write()` and `read()` run units of work."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+    ) -> None:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
@@ -320,7 +359,7 @@ class Database:
             self.sqlite_path = _sqlite_path(parsed)
             self._backend = _Sqlite(self.sqlite_path)
         elif self.dialect == "postgresql":
-            self._backend = _Postgres(parsed, pool_size)
+            self._backend = _Postgres(parsed, pool_size, statement_timeout)
         else:
             raise ValueError(
                 f"unsupported database URL {url!r}: use sqlite+aiosqlite or postgresql+asyncpg"
@@ -341,7 +380,7 @@ class Database:
         return await self._backend.write(work)
 
     async def read(self, work: Work[T]) -> T:
-        """Run `work` in one consistent read-only snapshot."""
+        """Run `work` in one read-only snapshot (`Timeout` when PostgreSQL cancels a statement)."""
         return await self._backend.read(work)
 
     async def dispose(self) -> None:
