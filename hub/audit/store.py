@@ -15,22 +15,41 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from hub.audit.events import MAX_TRUNCATED_TEXT, truncated
 from hub.audit.index import event_index
 from hub.fhir.origin import origin_device
 from hub.store.resources import NewVersion
 from hub.store.resources import prepare as prepare_version
 from hub.trace import new_id
 
+# An event's JSON up to this size cannot hold a text over the cap; only a longer one is
+# looked through (a search event naming a page of 500 resources is long, and legitimate).
+_LOOK_ABOVE = MAX_TRUNCATED_TEXT + 1024
+
 
 def prepare(domain: str, event: Mapping[str, Any], now: datetime) -> NewVersion:
-    """Everything about storing `event` that needs no database (done outside any transaction)."""
-    return prepare_version(
-        domain,
-        event,
-        id=new_id(),
-        version_id=1,
-        now=now,
-        origin=origin_device(event),
-        method="POST",
-        index=event_index,
-    )
+    """Everything about storing `event` that needs no database (done outside any transaction).
+
+    The trail is append-only and never purged, so what a request made long (its query
+    string, the URL it asked for, the refusal's text) is cut to a few kB, with the
+    SHA-256 of the whole noted (`hub.audit.events.truncated`): an attacker cannot fill
+    the trail with one request.
+    """
+    id_ = new_id()
+
+    def version(of: Mapping[str, Any]) -> NewVersion:
+        return prepare_version(
+            domain,
+            of,
+            id=id_,
+            version_id=1,
+            now=now,
+            origin=origin_device(of),
+            method="POST",
+            index=event_index,
+        )
+
+    prepared = version(event)
+    if len(prepared.content) > _LOOK_ABOVE and (shorter := truncated(event)) is not None:
+        return version(shorter)
+    return prepared

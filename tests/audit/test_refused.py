@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Any
 
 import httpx
@@ -227,3 +228,21 @@ async def test_a_refused_search_by_post_names_its_form_too(shared_hub: HubServer
     assert_refused(event, response, ids, interaction="search-type", action="E", caller="xis")
     expected = base64.b64encode(f"_count=5&{form}".encode()).decode()
     assert [entity["query"] for entity in event["entity"]] == [expected]
+
+
+async def test_an_attacker_sized_query_is_audited_cut_to_a_few_kb(shared_hub: HubServer) -> None:
+    """A refused search stores a few kB of its query and the digest of the whole, not 60 kB."""
+    ids = TraceHeaders.new()
+    query = "name=" + "x" * 60_000
+    async with shared_hub.client() as anonymous:
+        response = await anonymous.get(f"/Patient?{query}", headers=ids.headers)
+    assert response.status_code == 401
+
+    event = await event_of(shared_hub, ids.request_id)
+    [entity] = event["entity"]
+    assert len(base64.b64decode(entity["query"])) <= 2048
+    assert base64.b64decode(entity["query"]).decode() == query[:2048]
+    digest = hashlib.sha256(query.encode()).hexdigest()
+    assert {"type": "truncated-query", "valueString": f"SHA-256 {digest} of 60005 bytes"} in (
+        entity["detail"]
+    )
