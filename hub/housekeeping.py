@@ -23,7 +23,7 @@ from hub.interactions.devices import ensure_devices
 from hub.notify.status import set_status
 from hub.runtime import Runtime, utcnow
 from hub.store.assertions import purge_expired
-from hub.store.ending import subscriptions_with_end
+from hub.store.subscriptions import subscriptions_with_end
 
 log = logging.getLogger("hub.housekeeping")
 

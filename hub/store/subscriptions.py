@@ -74,3 +74,19 @@ def subscription_contents(domain: str) -> Work[list[str]]:
     """The stored JSON of every Subscription of `domain` that is not deleted."""
     found = yield from execute(_LIVE, {"domain": domain})
     return [str(content) for (content,) in found.rows]
+
+
+_WITH_END = Prepared(
+    select(RESOURCES.c.domain, RESOURCES.c.id, RESOURCES.c.content).where(
+        RESOURCES.c.rtype == "Subscription",
+        RESOURCES.c.deleted == false(),
+        RESOURCES.c.content.contains('"end"'),
+    )
+)
+
+
+def subscriptions_with_end() -> Work[list[tuple[str, str, str]]]:
+    """`(domain, id, stored JSON)` of every live Subscription, of every domain, that mentions
+    `"end"`: housekeeping decides on the element itself whether it has passed."""
+    found = yield from execute(_WITH_END)
+    return [(str(domain), str(id_), str(content)) for domain, id_, content in found.rows]

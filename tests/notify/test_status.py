@@ -17,10 +17,9 @@ from hub.notify.status import set_status
 from hub.runtime import Runtime
 from hub.store import resources
 from hub.store.db import Database
-from hub.store.ending import subscriptions_with_end
 from hub.store.resources import StoredRow
 from hub.store.sql import Work
-from hub.store.subscriptions import generation
+from hub.store.subscriptions import generation, subscriptions_with_end
 
 T0 = datetime(2026, 11, 22, 9, 0, 0)
 
