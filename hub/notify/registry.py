@@ -134,11 +134,6 @@ class SubscriptionIndex:
         log.debug("loaded %d subscriptions of %s (generation %d)", len(index.by_id), domain, stamp)
         return stamp
 
-    def get(self, domain: str, subscription_id: str) -> LiveSubscription | None:
-        """The Subscription as the index last loaded it (None when gone or never live)."""
-        index = self._domains.get(domain)
-        return index.by_id.get(subscription_id) if index is not None else None
-
     def candidates(
         self, domain: str, rtype: str, values: IndexValues, now: datetime
     ) -> list[LiveSubscription]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import pytest
 
+from hub.audit.events import login_event, rest_event, transmit_event
 from hub.interactions.effects import HUB_EVENT_TYPES
 from hub.rules.audit_event import MAX_POSTED_EVENT_BYTES, check_kt2_essentials, check_posted_by
+from hub.trace import TraceIds
 
 COMPLETE: dict[str, Any] = {
     "resourceType": "AuditEvent",
@@ -81,12 +84,28 @@ def test_the_posters_own_event_passes() -> None:
     assert _refused(COMPLETE) == []
 
 
-def test_the_hub_event_kinds_are_the_ones_it_writes() -> None:
-    assert {
-        ("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest"),
-        ("http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle", "transmit"),
-        ("http://dicom.nema.org/resources/ontology/DCM", "110114"),
-    } == HUB_EVENT_TYPES
+def test_every_kind_of_event_the_hub_writes_is_reserved() -> None:
+    """Built by the hub's own builders: a builder's new type fails here until it is reserved."""
+    now = datetime(2026, 1, 1)
+    trace = TraceIds.new()
+    common: dict[str, Any] = {"hub_device": "koppeltaal-hub", "site": "s", "trace": trace}
+    events = [
+        rest_event(
+            interaction="read", status=200, outcome_description=None, caller_device="m",
+            client_address=None, entities=[], recorded=now, **common,
+        ),
+        transmit_event(
+            success=True, outcome_description=None, source_device="m", destination_device="p",
+            destination="https://x/", resource_version="Task/1/_history/1",
+            subscription=("s1", "Task?status=ready"), recorded=now, **common,
+        ),
+        login_event(
+            success=True, outcome_description=None, client_device="m", client_address=None,
+            recorded=now, **common,
+        ),
+    ]  # fmt: skip
+    written = {(event["type"]["system"], event["type"]["code"]) for event in events}
+    assert written == HUB_EVENT_TYPES
 
 
 @pytest.mark.parametrize(

@@ -180,7 +180,8 @@ async def test_an_index_loaded_in_a_rolled_back_transaction_is_not_taken_for_cur
         yield from _create("test", "phantom", _subscription("phantom", "Patient"))
         yield from bump_generation("test")
         yield from here.ensure_current("test")
-        assert here.get("test", "phantom") is not None
+        loaded = here.loaded("test")
+        assert loaded is not None and "phantom" in loaded.by_id
         raise _RolledBack
 
     with pytest.raises(_RolledBack):
