@@ -11,13 +11,19 @@ measures with concurrent keep-alive clients:
   Subscriptions, about ten matching each write (`bench.creates`);
 - commit-to-POST latency at a steady 100 writes/s, and the notifications/s of
   one write fanned out to 1,000 Subscriptions (`bench.notifications`);
+- delivery with `hub serve --role api` and `hub worker` processes: a held
+  backlog drained by one worker and by two, sustained writes/s x 10
+  notifications, commit-to-POST at 50 x 10 and 100 x 1 writes/s
+  (`bench.delivery`);
 - how fast `hub audit verify` walks the resulting chain;
 - write cost: Task creates/s and hub CPU per create with 0 Subscriptions, 10
   matching ones with delivery held, and 1,000 that match nothing, on SQLite and
   (with HUB_BENCH_DATABASE_URL) PostgreSQL, against a bare Starlette + SQLite
   app, and with `--baseline-tree` against an older checkout (`bench.writes`).
 
-`--only writes` runs just the write-cost phase.
+`--only writes` runs just the write-cost phase; `--only delivery` just the
+delivery phases (`bench.delivery`: backlog drain with one and two `hub worker`
+processes, sustained writes x 10 notifications, commit-to-POST at steady rates).
 
 Targets from the issue are shown as met or not; missing one is reported, not
 fatal. The run fails (exit 1) only if the audit chain does not verify or
@@ -54,6 +60,7 @@ from hub.access.assertion import generate_app_keypair
 
 DEFAULT_JSON = REPOSITORY / "var" / "bench.json"
 WRITES_JSON = REPOSITORY / "var" / "bench-writes.json"
+DELIVERY_JSON = REPOSITORY / "var" / "bench-delivery.json"
 
 # `--quick`: the same phases, shorter, for checking the benchmark itself.
 QUICK = {"rounds": 1, "seconds": 2.0, "warmup": 1.0, "latency_seconds": 3.0, "notifications": 10}
@@ -63,6 +70,7 @@ async def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: they use the hub's storage in this process, and
     # `--only writes` must run while that is mid-change (against another `--tree`).
     from bench import creates, notifications
+    from bench.delivery import delivery_phases
     from bench.store import Store
 
     with tempfile.TemporaryDirectory(prefix="hub-bench-") as temporary:
@@ -95,6 +103,8 @@ async def run(args: argparse.Namespace) -> int:
                 token = await access_token(audited, private_pem)
                 template = await notifications.steady(audited, token, receiver, store, args, report)
                 await notifications.fan_out(audited, token, receiver, store, template, args, report)
+                await stop_hub(audited)
+                await delivery_phases(args, report, directory, env, receiver, private_pem)
             finally:
                 await store.close()
                 await stop_hub(unaudited)
@@ -127,6 +137,33 @@ async def run(args: argparse.Namespace) -> int:
         if not complete:
             print("bench: some write-cost runs could not be measured", file=sys.stderr)
             return 1
+    return 0
+
+
+async def run_delivery(args: argparse.Namespace) -> int:
+    from bench.delivery import delivery_phases
+
+    with tempfile.TemporaryDirectory(prefix="hub-bench-") as temporary:
+        directory = Path(temporary)
+        receiver = Receiver(directory, ports=args.endpoints)
+        await receiver.start()
+        private_pem, jwks = generate_app_keypair(f"{CLIENT}-1", rsa_bits=2048)
+        env = hub_env(directory, "", jwks, receiver.ca_bundle)
+        server = os.environ.get("HUB_BENCH_DATABASE_URL")
+        backend = make_url(server).get_backend_name() if server else "sqlite"
+        report = Report(
+            f"Koppeltaal Hub delivery benchmark: {backend}"
+            f" ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})",
+            writes.options(args),
+        )
+        report.header()
+        try:
+            await delivery_phases(args, report, directory, env, receiver, private_pem)
+        finally:
+            await receiver.stop()
+        print(report.summary())
+        report.write_json(args.json)
+        print(f"JSON: {args.json}")
     return 0
 
 
@@ -196,9 +233,16 @@ def parser() -> argparse.ArgumentParser:
         f"with --only writes {WRITES_JSON.relative_to(REPOSITORY)})",
     )
     parser.add_argument(
+        "--backlog", type=int, default=20_000, help="delivery: notifications in the held backlog"
+    )
+    parser.add_argument(
+        "--offered", type=float, default=150.0, help="delivery: writes/s offered, x 10 each"
+    )
+    parser.add_argument(
         "--only",
-        choices=["writes"],
-        help="run one phase alone: writes = the write-cost phase (bench.writes)",
+        choices=["writes", "delivery"],
+        help="run one phase alone: writes = the write-cost phase (bench.writes), "
+        "delivery = the delivery phases (bench.delivery)",
     )
     parser.add_argument(
         "--tree",
@@ -231,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         options.set_defaults(**QUICK)
         args = options.parse_args(argv)
     if args.json is None:
-        args.json = WRITES_JSON if args.only == "writes" else DEFAULT_JSON
+        args.json = {"writes": WRITES_JSON, "delivery": DELIVERY_JSON}.get(args.only, DEFAULT_JSON)
     if args.only == "writes":
         return asyncio.run(writes.run_only(args))
+    if args.only == "delivery":
+        return asyncio.run(run_delivery(args))
     return asyncio.run(run(args))
 
 

@@ -46,8 +46,9 @@ class Store:
 
     async def copy_subscriptions(
         self, template: dict[str, Any], specs: Sequence[tuple[str, str]]
-    ) -> None:
-        """Store a copy of `template` for each `(criteria, endpoint)`, as the API would."""
+    ) -> list[str]:
+        """Store a copy of `template` for each `(criteria, endpoint)`, as the API would; ids."""
+        made: list[str] = []
         for start in range(0, len(specs), _BATCH):
             now = utcnow()
             copies = [
@@ -63,6 +64,34 @@ class Store:
                 for criteria, endpoint in specs[start : start + _BATCH]
             ]
             await self.database.write(_store_copies(copies))
+            made += [copy.id for copy in copies]
+        return made
+
+    async def enqueue_backlog(
+        self, request_id: str, writes: int, subscription_ids: Sequence[str]
+    ) -> None:
+        """`writes` Patients' notifications to each Subscription, queued in one transaction.
+
+        As the writes would have queued them (one row per write and Subscription), with
+        one request id for all, so the receiver counts them together. No write and no
+        wake-up: the delivery processes find them when they next look.
+        """
+        now = utcnow()
+        triggers = [
+            outbox.Trigger(
+                domain=DOMAIN,
+                resource_type="Patient",
+                resource_id=f"backlog-{number}",
+                version_id=1,
+                origin=CLIENT,
+                source_device=CLIENT,
+                request_id=request_id,
+                trace_id=new_id(),
+                now=now,
+            )
+            for number in range(writes)
+        ]
+        await self.database.write(_enqueue(triggers, subscription_ids))
 
     async def backlog(self) -> int:
         """Notifications queued and not yet delivered (or given up on)."""
@@ -82,6 +111,11 @@ def _store_copies(copies: Sequence[resources.NewVersion]) -> Work[None]:
     """One transaction: the copies, and a new generation so every hub reloads its index."""
     yield from resources.insert_new(copies)
     yield from subscriptions.bump_generation(DOMAIN)
+
+
+def _enqueue(triggers: Sequence[outbox.Trigger], subscription_ids: Sequence[str]) -> Work[None]:
+    for trigger in triggers:
+        yield from outbox.enqueue_webhooks(trigger, subscription_ids)
 
 
 def _copy(template: dict[str, Any], criteria: str, endpoint: str) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The `hub` command: serve, migrate, manage keys, get a token, verify the audit trail."""
+"""The `hub` command: serve, deliver, migrate, manage keys, get a token, verify the audit trail.
+
+It sits above `hub.app` (it starts the app, and `hub worker` runs `hub.app.run_worker`);
+heavy imports wait inside each command, so `hub token` starts quickly.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ from typing import Any
 from hub import settings as settings_module
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+def _export_flags(args: argparse.Namespace, **extra: str | None) -> settings_module.Settings:
+    """Put the flags that override settings into HUB_* variables; the settings they make.
 
-    # Workers are separate processes that build their own settings from the
-    # environment, so flags that override settings travel as HUB_* variables.
+    Uvicorn's workers are separate processes that build their own settings from the
+    environment, so the flags travel as variables (the role too: `HUB_ROLE`). Building
+    the settings here fails fast on a bad one, before any worker starts.
+    """
     for flag, variable in (
         ("database_url", "HUB_DATABASE_URL"),
         ("apps", "HUB_APPS"),
@@ -27,7 +33,19 @@ def _serve(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value:
             os.environ[variable] = value
-    settings_module.from_env()  # fail fast on a bad setting, before any worker starts
+    for variable, value in extra.items():
+        if value:
+            os.environ[variable] = value
+    return settings_module.from_env()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _export_flags(args, HUB_ROLE=args.role)
+    if not settings.serves_api:
+        print("hub: HUB_ROLE=worker serves no HTTP; run `hub worker`", file=sys.stderr)
+        return 2
     uvicorn.run(
         "hub.app:create_app",
         factory=True,
@@ -40,6 +58,22 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=args.proxy_headers,
         server_header=False,
     )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from hub.app import run_worker
+
+    settings = _export_flags(args, HUB_ROLE="worker")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # A line per job run is noise; its warnings and errors still show.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
+    asyncio.run(run_worker(settings))
     return 0
 
 
@@ -184,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the hub (API, delivery worker, housekeeping)")
+    serve = commands.add_parser(
+        "serve", help="run the hub: the API, and delivery and housekeeping unless --role api"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1)
@@ -197,7 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--proxy-headers", action="store_true", help="trust X-Forwarded-* from a reverse proxy"
     )
+    serve.add_argument(
+        "--role",
+        choices=("all", "api"),
+        help="all: the API and delivery (default, or HUB_ROLE); api: the API only, "
+        "delivery is left to `hub worker` processes",
+    )
     serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser(
+        "worker", help="deliver notifications and run housekeeping, without an HTTP server"
+    )
+    worker.add_argument("--database-url", help="overrides HUB_DATABASE_URL")
+    worker.add_argument("--apps", help="overrides HUB_APPS")
+    worker.add_argument("--public-url", help="overrides HUB_PUBLIC_URL")
+    worker.add_argument(
+        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
+    )
+    worker.set_defaults(run=_worker)
 
     db = commands.add_parser("db", help="database maintenance").add_subparsers(
         dest="db", required=True

@@ -1,16 +1,17 @@
 """Periodic chores (APScheduler). Deliveries and retries are NOT here: they live in the outbox.
 
 - re-read the apps file and matrix when they change on disk (also on SIGHUP),
-  creating the Devices of new apps;
-- pick up signing keys rotated by another process, and drop expired ones;
-- forget client-assertion `jti`s past their expiry;
-- turn Subscriptions `off` when their `end` has passed.
+  creating the Devices of new apps (every process);
+- pick up signing keys rotated by another process, and drop expired ones (API role);
+- forget client-assertion `jti`s past their expiry (delivery role);
+- turn Subscriptions `off` when their `end` has passed (delivery role).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,9 @@ from hub.store.assertions import purge_expired
 from hub.store.subscriptions import subscriptions_with_end
 
 log = logging.getLogger("hub.housekeeping")
+
+# How long a stopping process waits for a job under way before cancelling it.
+STOP_SECONDS = 5.0
 
 
 async def reload_access(runtime: Runtime, *, force: bool = False) -> None:
@@ -73,12 +77,69 @@ async def end_subscriptions(runtime: Runtime) -> int:
     return ended
 
 
-def scheduler(runtime: Runtime) -> AsyncIOScheduler:
-    every = runtime.settings.housekeeping_seconds
-    jobs = AsyncIOScheduler(timezone=UTC)
-    options = {"max_instances": 1, "coalesce": True, "next_run_time": datetime.now(UTC)}
-    jobs.add_job(reload_access, "interval", seconds=every, args=[runtime], **options)
-    jobs.add_job(refresh_keys, "interval", seconds=every, args=[runtime], **options)
-    jobs.add_job(end_subscriptions, "interval", seconds=every, args=[runtime], **options)
-    jobs.add_job(forget_used_assertions, "interval", minutes=10, args=[runtime], **options)
+class Housekeeping:
+    """The scheduled jobs of one process; `stop()` lets a job that is running finish.
+
+    APScheduler's own shutdown cancels a running coroutine job, which then logs a
+    traceback from the middle of a database call, just before the database closes.
+    """
+
+    def __init__(self) -> None:
+        self._scheduler = AsyncIOScheduler(timezone=UTC)
+        self._running: set[asyncio.Task[Any]] = set()
+
+    def add(
+        self, job: Callable[[Runtime], Awaitable[object]], runtime: Runtime, seconds: float
+    ) -> None:
+        async def run() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._running.add(task)
+            try:
+                await job(runtime)
+            finally:
+                self._running.discard(task)
+
+        self._scheduler.add_job(
+            run,
+            "interval",
+            seconds=seconds,
+            id=job.__name__,
+            name=job.__name__,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    async def stop(self) -> None:
+        """Start no more runs; wait a few seconds for those under way (they are short)."""
+        if self._scheduler.running:
+            self._scheduler.pause()
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=STOP_SECONDS)
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+
+def scheduler(runtime: Runtime) -> Housekeeping:
+    """The jobs of this process's role (docs/architecture.md §6).
+
+    Every process re-reads the access configuration, since each decides on rights in
+    its own memory: an API process answers requests, a delivering one re-checks the
+    subscriber's right before each send. Picking up rotated signing keys matters only
+    where tokens are issued and verified (the API). The database chores need running
+    somewhere, not everywhere: the delivery role does them.
+    """
+    settings = runtime.settings
+    every = settings.housekeeping_seconds
+    jobs = Housekeeping()
+    jobs.add(reload_access, runtime, every)
+    if settings.serves_api:
+        jobs.add(refresh_keys, runtime, every)
+    if settings.delivers:
+        jobs.add(end_subscriptions, runtime, every)
+        jobs.add(forget_used_assertions, runtime, 600)
     return jobs

@@ -16,6 +16,11 @@ from urllib.parse import urlsplit
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# What one hub process runs (docs/architecture.md §6): `all` = the API and delivery
+# (`hub serve`), `api` = the API only (`hub serve --role api`), `worker` = delivery and
+# housekeeping without an HTTP server (`hub worker`).
+ROLES = ("all", "api", "worker")
+
 
 class SettingsError(ValueError):
     """A `HUB_*` variable holds a value the hub cannot use."""
@@ -56,10 +61,21 @@ class Settings:
     webhook_timeout: float = 15.0
     housekeeping_seconds: float = 30.0
     site: str = field(default_factory=lambda: os.uname().nodename)
+    role: str = "all"
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def serves_api(self) -> bool:
+        """Whether this process answers HTTP (roles `all` and `api`)."""
+        return self.role != "worker"
+
+    @property
+    def delivers(self) -> bool:
+        """Whether this process runs the dispatcher (roles `all` and `worker`)."""
+        return self.role != "api"
 
     def fhir_base(self, domain: str) -> str:
         return f"{self.public_url.rstrip('/')}/{domain}/fhir"
@@ -122,6 +138,13 @@ def _statement_timeout(env: Mapping[str, str], default: float) -> float:
     return value
 
 
+def _role(env: Mapping[str, str]) -> str:
+    value = env.get("HUB_ROLE") or "all"
+    if value not in ROLES:
+        raise SettingsError(f"HUB_ROLE: {value!r} is not one of {', '.join(ROLES)}")
+    return value
+
+
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from `HUB_*` variables; unset ones keep their defaults."""
     env = os.environ if env is None else env
@@ -176,4 +199,5 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             env, "HUB_HOUSEKEEPING_SECONDS", defaults.housekeeping_seconds
         ),
         site=text("HUB_SITE", defaults.site),
+        role=_role(env),
     )

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import json
 import pathlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+import uvloop
 
+from hub.addresses import system_resolver
 from hub.net import (
     OutboundClient,
     OutboundError,
@@ -22,6 +28,7 @@ from hub.net import (
     resolve_public,
     tls_context,
 )
+from hub.net.webhooks import WebhookClient
 from hub.settings import IPNetwork, Settings, SettingsError
 from tests.support.https_receiver import HttpsReceiver, LocalCA, Reply
 
@@ -519,3 +526,561 @@ def test_an_unusable_ca_bundle_is_a_clear_settings_error(tmp_path: pathlib.Path)
         tls_context(empty)
     with pytest.raises(SettingsError, match="HUB_CA_BUNDLE"):
         tls_context(tmp_path / "missing.pem")
+
+
+# --- the notification client's own behaviour (hub.net.webhooks) ---
+#
+# Written as tests that take only `local_ca` and build their own clients and servers,
+# so that `test_the_same_on_uvloop` can run them again on uvloop, the loop `hub serve`
+# runs on (its transports are not asyncio's classes, and its TLS is its own).
+
+
+@asynccontextmanager
+async def outbound(
+    ca: LocalCA, *, webhook_timeout: float = 5.0, webhook_connect_timeout: float = 2.0
+) -> AsyncIterator[OutboundClient]:
+    settings = Settings(
+        ca_bundle=ca.bundle,
+        webhook_allow_networks=LOOPBACK,
+        webhook_timeout=webhook_timeout,
+        webhook_connect_timeout=webhook_connect_timeout,
+    )
+    async with OutboundClient(settings) as client:
+        yield client
+
+
+@asynccontextmanager
+async def webhooks(
+    ca: LocalCA,
+    *,
+    keepalive_expiry: float = 5.0,
+    max_connections: int = 100,
+    max_idle_per_endpoint: int = 8,
+) -> AsyncIterator[WebhookClient]:
+    """The pool itself, for settings OutboundClient keeps fixed (expiry, bounds)."""
+    client = WebhookClient(
+        tls_context(ca.bundle),
+        allow_networks=LOOPBACK,
+        resolver=system_resolver,
+        connect_timeout=2.0,
+        total_timeout=5.0,
+        keepalive_expiry=keepalive_expiry,
+        max_connections=max_connections,
+        max_idle_per_endpoint=max_idle_per_endpoint,
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+Script = Callable[
+    ["ScriptedServer", asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]
+]
+
+
+class ScriptedServer:
+    """An HTTPS server in the test's own event loop that says whatever the test scripts.
+
+    `script(server, reader, writer, n)` runs for the n-th connection (from 0) and
+    reads requests with `server.read(reader, n)`, which records them.
+    """
+
+    def __init__(self, ca: LocalCA, script: Script) -> None:
+        self._context = ca.server_context("127.0.0.1")
+        self._script = script
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self.requests: list[tuple[int, bytes]] = []
+        """(connection number, request head), in arrival order."""
+        self.connections = 0
+        self.port = 0
+
+    def url(self, path: str = "/hook") -> str:
+        return f"https://127.0.0.1:{self.port}{path}"
+
+    async def read(self, reader: asyncio.StreamReader, n: int) -> bytes | None:
+        """The next request head (bodies are empty), or None when the client closed."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, OSError):
+            return None
+        self.requests.append((n, head))
+        return head
+
+    async def __aenter__(self) -> ScriptedServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._context)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.append(writer)
+        n, self.connections = self.connections, self.connections + 1
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            await self._script(self, reader, writer, n)
+            await writer.drain()
+
+
+def answering(*answers: bytes, close: bool = False) -> Script:
+    """Answer every request on every connection with `answers` in turn (the last repeats).
+
+    With `close`, each connection is closed right after its first answer.
+    """
+
+    async def script(
+        server: ScriptedServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        index = 0
+        while await server.read(reader, n) is not None:
+            writer.write(answers[min(index, len(answers) - 1)])
+            index += 1
+            if close:
+                await writer.drain()
+                writer.close()
+                return
+
+    return script
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for something the event loop does in its own time (a close noticed)."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"still not {what} after 5 s")
+
+
+async def test_an_idle_connection_the_server_closed_is_not_reused(local_ca: LocalCA) -> None:
+    async with ScriptedServer(local_ca, answering(OK_ANSWER, close=True)) as server:
+        async with outbound(local_ca) as client:
+            assert (await client.post_notification(server.url(), [])).status == 200
+            await until(lambda: client.webhooks.open_connections == 0, "noticed the close")
+            result = await client.post_notification(server.url(), [])
+            assert result.status == 200, result.error
+        assert server.connections == 2
+        assert [n for n, _ in server.requests] == [0, 1]  # each request sent once
+
+
+async def test_a_request_a_reused_connection_drops_unanswered_goes_once_more_fresh(
+    local_ca: LocalCA,
+) -> None:
+    async def script(
+        server: ScriptedServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        while await server.read(reader, n) is not None:
+            if n == 0 and len(server.requests) == 2:
+                writer.transport.abort()  # closed as the second request came in
+                return
+            writer.write(OK_ANSWER)
+
+    async with ScriptedServer(local_ca, script) as server, outbound(local_ca) as client:
+        results = [await client.post_notification(server.url(), []) for _ in range(2)]
+        assert [(r.status, r.error) for r in results] == [(200, None), (200, None)]
+        assert [n for n, _ in server.requests] == [0, 0, 1]
+
+
+async def test_a_request_answered_in_part_is_never_sent_again(local_ca: LocalCA) -> None:
+    async def script(
+        server: ScriptedServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        while await server.read(reader, n) is not None:
+            if len(server.requests) == 2:
+                writer.write(b"HTTP/1.1 200 O")
+                await writer.drain()
+                writer.transport.abort()
+                return
+            writer.write(OK_ANSWER)
+
+    async with ScriptedServer(local_ca, script) as server, outbound(local_ca) as client:
+        assert (await client.post_notification(server.url(), [])).status == 200
+        result = await client.post_notification(server.url(), [])
+        assert (result.status, result.error) == (
+            None,
+            "the connection closed in the middle of the answer",
+        )
+        assert [n for n, _ in server.requests] == [0, 0]
+
+
+async def test_a_fresh_connection_closed_unanswered_is_an_error_not_a_retry(
+    local_ca: LocalCA,
+) -> None:
+    async def script(
+        server: ScriptedServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        await server.read(reader, n)
+        writer.close()
+
+    async with ScriptedServer(local_ca, script) as server, outbound(local_ca) as client:
+        result = await client.post_notification(server.url(), [])
+        assert (result.status, result.error) == (
+            None,
+            "the server closed the connection without answering",
+        )
+        assert server.connections == 1
+        assert len(server.requests) == 1
+
+
+async def test_a_chunked_answer_is_read_and_the_connection_reused(local_ca: LocalCA) -> None:
+    chunked = (
+        b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\nRetry-After: 9\r\n\r\n"
+    )
+    async with ScriptedServer(local_ca, answering(chunked)) as server, outbound(local_ca) as client:
+        results = [await client.post_notification(server.url(), []) for _ in range(3)]
+        # A trailer is no header of the answer: no Retry-After.
+        assert [(r.status, r.retry_after) for r in results] == [(202, None)] * 3
+        assert server.connections == 1
+
+
+async def test_an_answer_delimited_by_the_close_is_complete(local_ca: LocalCA) -> None:
+    close_delimited = b"HTTP/1.1 200 OK\r\nRetry-After: 3\r\n\r\nthe body, until the close"
+    async with ScriptedServer(local_ca, answering(close_delimited, close=True)) as server:
+        async with outbound(local_ca) as client:
+            results = [await client.post_notification(server.url(), []) for _ in range(2)]
+        assert [(r.status, r.retry_after, r.error) for r in results] == [(200, "3", None)] * 2
+        assert server.connections == 2
+
+
+def _chunks(size: int, count: int) -> bytes:
+    return (f"{size:x}\r\n".encode() + b"x" * size + b"\r\n") * count + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "connections"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 60000\r\n\r\n" + b"x" * 60_000, 1),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n" + b"x" * 70_000, 2),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunks(0x3000, 5), 1),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunks(0x4000, 5), 2),
+    ],
+    ids=["60 kB kept", "70 kB closed", "60 kB chunked kept", "80 kB chunked closed"],
+)
+async def test_an_oversized_answer_closes_the_connection_instead_of_reusing_it(
+    local_ca: LocalCA, answer: bytes, connections: int
+) -> None:
+    async with ScriptedServer(local_ca, answering(answer)) as server, outbound(local_ca) as client:
+        results = [await client.post_notification(server.url(), []) for _ in range(2)]
+        assert [r.status for r in results] == [200, 200]
+        assert server.connections == connections
+
+
+async def test_interim_answers_are_skipped(local_ca: LocalCA) -> None:
+    interim = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\nRetry-After: 1\r\n\r\n"
+    )
+    answers = (
+        interim + b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+        interim + b"HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n",
+        interim + b"HTTP/1.1 204 No Content\r\n\r\n",
+    )
+    async with (
+        ScriptedServer(local_ca, answering(*answers)) as server,
+        outbound(local_ca) as client,
+    ):
+        results = [await client.post_notification(server.url(), []) for _ in range(3)]
+        assert [(r.status, r.retry_after) for r in results] == [
+            (503, None),
+            (429, "7"),
+            (204, None),
+        ]
+        assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        OK_ANSWER + b"HTTP/1.1 200 OK\r\n\r\n",  # a second answer to one request
+        OK_ANSWER + b"junk",
+    ],
+    ids=["Connection: close", "HTTP/1.0", "two answers", "bytes after the answer"],
+)
+async def test_an_answer_that_leaves_doubt_closes_the_connection(
+    local_ca: LocalCA, answer: bytes
+) -> None:
+    async with ScriptedServer(local_ca, answering(answer)) as server, outbound(local_ca) as client:
+        results = [await client.post_notification(server.url(), []) for _ in range(2)]
+        assert [r.status for r in results] == [200, 200]
+        assert server.connections == 2
+
+
+async def test_bytes_on_an_idle_connection_drop_it(local_ca: LocalCA) -> None:
+    async def script(
+        server: ScriptedServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        while await server.read(reader, n) is not None:
+            writer.write(OK_ANSWER)
+            if n == 0:  # what some servers say before they close an idle connection
+                await writer.drain()
+                writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+
+    async with ScriptedServer(local_ca, script) as server, outbound(local_ca) as client:
+        assert (await client.post_notification(server.url(), [])).status == 200
+        await until(lambda: client.webhooks.open_connections == 0, "dropped")
+        assert (await client.post_notification(server.url(), [])).status == 200
+        assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"SMTP ready\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n"],
+)
+async def test_an_answer_that_is_not_http_is_an_error(local_ca: LocalCA, answer: bytes) -> None:
+    async with ScriptedServer(local_ca, answering(answer)) as server, outbound(local_ca) as client:
+        result = await client.post_notification(server.url(), [])
+        assert result.status is None
+        assert result.error is not None
+        assert result.error.startswith("invalid HTTP answer: ")
+        assert client.webhooks.open_connections == 0
+
+
+async def test_a_head_without_end_is_an_error(local_ca: LocalCA) -> None:
+    endless = b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"x" * 70_000
+    async with ScriptedServer(local_ca, answering(endless)) as server, outbound(local_ca) as client:
+        result = await client.post_notification(server.url(), [])
+        assert (result.status, result.error) == (None, "answer head larger than 64 kB")
+
+
+@pytest.mark.parametrize(
+    ("header", "error"),
+    [
+        (("X-Key", "a\r\nX-Evil: b"), "the value of header X-Key contains CR, LF, NUL"),
+        (("X-Key", "a\nb"), "the value of header X-Key contains CR, LF, NUL"),
+        (("X-Key", "a\rb"), "the value of header X-Key contains CR, LF, NUL"),
+        (("X-Key", "a\x00b"), "the value of header X-Key contains CR, LF, NUL"),
+        (("X-Key\r\nX-Evil", "b"), "header name 'X-Key\\r\\nX-Evil' is not an HTTP token"),
+        (("X-Key\nX-Evil", "b"), "header name 'X-Key\\nX-Evil' is not an HTTP token"),
+        (("X Key", "b"), "header name 'X Key' is not an HTTP token"),
+        (("", "b"), "header name '' is not an HTTP token"),
+        (("Host", "elsewhere.example"), "the Host header is the client's own"),
+        (("X-Key", "caf\u00e9"), "'ascii' codec can't encode character '\\xe9'"),
+    ],
+)
+async def test_headers_that_could_change_the_request_are_refused_before_sending(
+    local_ca: LocalCA, header: tuple[str, str], error: str
+) -> None:
+    async with (
+        ScriptedServer(local_ca, answering(OK_ANSWER)) as server,
+        outbound(local_ca) as client,
+    ):
+        result = await client.post_notification(server.url(), [("X-Fine", "1"), header])
+        assert result.status is None
+        assert result.error is not None
+        assert result.error.startswith(error)
+        assert server.connections == 0
+
+
+async def test_cancellation_propagates_and_leaves_no_connection_behind(local_ca: LocalCA) -> None:
+    with HttpsReceiver(local_ca) as receiver:
+        async with outbound(local_ca) as client:
+            assert (await client.post_notification(receiver.url(), [])).status == 200
+            receiver.hold()
+            sending = asyncio.create_task(client.post_notification(receiver.url(), []))
+            await receiver.wait_for_async(2)
+            sending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sending
+            assert (client.webhooks.open_connections, client.webhooks.idle_connections) == (0, 0)
+            receiver.release()  # the held answer goes to a closed connection
+            result = await client.post_notification(receiver.url(), [])
+            assert result.status == 200, result.error
+        assert receiver.connections == 2
+
+
+async def test_cancellation_in_the_tls_handshake_gives_the_connection_slot_back(
+    local_ca: LocalCA,
+) -> None:
+    with socket.socket() as listener, HttpsReceiver(local_ca) as receiver:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()  # accepts TCP, never speaks TLS
+        async with webhooks(local_ca, max_connections=1) as client:
+            stalled = asyncio.create_task(
+                client.post(f"https://127.0.0.1:{listener.getsockname()[1]}/", [])
+            )
+            await asyncio.sleep(0.1)  # in the handshake, which never ends
+            stalled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await stalled
+            assert await client.post(receiver.url(), []) == (200, None)
+
+
+async def test_an_idle_connection_expires(local_ca: LocalCA) -> None:
+    with HttpsReceiver(local_ca) as receiver:
+        async with webhooks(local_ca, keepalive_expiry=0.2) as client:
+            assert await client.post(receiver.url(), []) == (200, None)
+            assert client.idle_connections == 1
+            await until(lambda: client.open_connections == 0, "expired")
+            assert await client.post(receiver.url(), []) == (200, None)
+            assert await client.post(receiver.url(), []) == (200, None)
+        assert receiver.connections == 2
+
+
+async def test_the_pool_is_bounded_in_all(local_ca: LocalCA) -> None:
+    with HttpsReceiver(local_ca) as receiver, HttpsReceiver(local_ca) as other:
+        async with webhooks(local_ca, max_connections=3) as client:
+            receiver.hold()
+            sending = [asyncio.create_task(client.post(receiver.url(), [])) for _ in range(5)]
+            await receiver.wait_for_async(3)
+            await asyncio.sleep(0.1)
+            assert (client.open_connections, receiver.connections) == (3, 3)  # two wait
+            receiver.release()
+            assert await asyncio.gather(*sending) == [(200, None)] * 5
+            assert client.open_connections <= 3
+            # Another endpoint at the cap: the least recently used idle ones make room.
+            for path in ("/1", "/2", "/3", "/4"):
+                assert await client.post(other.url(path), []) == (200, None)
+            assert client.open_connections <= 3
+            assert other.connections == 1
+
+
+async def test_idle_connections_per_endpoint_are_bounded(local_ca: LocalCA) -> None:
+    with HttpsReceiver(local_ca) as receiver:
+        async with webhooks(local_ca, max_idle_per_endpoint=2) as client:
+            receiver.hold()
+            sending = [asyncio.create_task(client.post(receiver.url(), [])) for _ in range(4)]
+            await receiver.wait_for_async(4)
+            assert client.open_connections == 4
+            receiver.release()
+            assert await asyncio.gather(*sending) == [(200, None)] * 4
+            assert (client.open_connections, client.idle_connections) == (2, 2)
+
+
+async def test_aclose_closes_every_connection(local_ca: LocalCA) -> None:
+    with HttpsReceiver(local_ca) as receiver, HttpsReceiver(local_ca) as other:
+        client = OutboundClient(
+            Settings(ca_bundle=local_ca.bundle, webhook_allow_networks=LOOPBACK)
+        )
+        for url in (receiver.url(), other.url()):
+            assert (await client.post_notification(url, [])).ok
+        assert client.webhooks.open_connections == 2
+        await client.aclose()
+        assert client.webhooks.open_connections == 0
+        with pytest.raises(RuntimeError, match="closed"):
+            await client.post_notification(receiver.url(), [])
+
+
+async def test_the_request_on_the_wire_is_exactly_host_and_the_given_headers(
+    local_ca: LocalCA,
+) -> None:
+    with HttpsReceiver(local_ca) as receiver:
+        async with outbound(local_ca) as client:
+            headers = [("content-length", "0"), ("X-Tab", "a\tb"), ("X-Empty", ""), ("X-A", "1")]
+            for path in ("/h?x=1&y=%20", "/"):
+                result = await client.post_notification(receiver.url(path), headers)
+                assert result.ok, result.error
+        assert [r.head for r in receiver.requests] == [
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{receiver.port}\r\n".encode()
+            + b"content-length: 0\r\nX-Tab: a\tb\r\nX-Empty: \r\nX-A: 1\r\n\r\n"
+            for path in ("/h?x=1&y=%20", "/")
+        ]
+        assert receiver.connections == 1
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_an_ipv6_address_is_connected_to_and_named_in_brackets(local_ca: LocalCA) -> None:
+    settings = Settings(
+        ca_bundle=local_ca.bundle, webhook_allow_networks=(ipaddress.ip_network("::1/128"),)
+    )
+    with HttpsReceiver(local_ca, host="::1", hostnames=["::1"]) as receiver:
+        async with OutboundClient(settings) as client:
+            result = await client.post_notification(f"https://[::1]:{receiver.port}/h", [])
+            assert result.status == 200, result.error
+        [request] = receiver.requests
+        assert request.header("Host") == f"[::1]:{receiver.port}"
+
+
+async def test_failures_read_the_same(local_ca: LocalCA) -> None:
+    """The guard's failures, in one test so that uvloop runs them too."""
+    dns = FakeDns({"hooks.example": [["127.0.0.1"]], "rebound.example": [["127.0.0.1"]]})
+    with HttpsReceiver(local_ca, hostnames=["other.example"]) as wrong_name:
+        async with OutboundClient(
+            Settings(ca_bundle=local_ca.bundle, webhook_allow_networks=LOOPBACK), resolver=dns
+        ) as client:
+            result = await client.post_notification(wrong_name.url(host="hooks.example"), [])
+            assert result.error is not None
+            assert result.error.startswith("TLS certificate verify failed: Hostname mismatch")
+        async with OutboundClient(Settings(webhook_allow_networks=LOOPBACK)) as untrusting:
+            result = await untrusting.post_notification(wrong_name.url(), [])
+            assert result.error is not None
+            assert result.error.startswith("TLS certificate verify failed")
+        async with OutboundClient(Settings(), resolver=dns) as guarded:
+            result = await guarded.post_notification(wrong_name.url(host="rebound.example"), [])
+            assert result.error == (
+                "unsafe destination: rebound.example resolves to 127.0.0.1,"
+                " which is a loopback address"
+            )
+        assert wrong_name.requests == []
+    async with outbound(local_ca) as client:
+        result = await client.post_notification(f"https://127.0.0.1:{closed_port()}/", [])
+        assert result.error == "connection refused"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        async with outbound(local_ca, webhook_connect_timeout=0.3) as client:
+            url = f"https://127.0.0.1:{listener.getsockname()[1]}/"
+            result = await client.post_notification(url, [])
+            assert result.error == "connect timeout after 0.3 s"
+        async with outbound(local_ca, webhook_connect_timeout=2.0, webhook_timeout=0.3) as client:
+            result = await client.post_notification(url, [])
+            assert result.error == "timeout after 0.3 s"  # the total bounds the connect too
+    with HttpsReceiver(local_ca) as slow:
+        slow.reply(200, delay=3.0)
+        async with outbound(local_ca, webhook_timeout=0.3) as client:
+            result = await client.post_notification(slow.url(), [])
+            assert (result.status, result.error) == (None, "timeout after 0.3 s")
+            assert client.webhooks.open_connections == 0
+
+
+@pytest.mark.parametrize(
+    "test",
+    [
+        test_an_idle_connection_the_server_closed_is_not_reused,
+        test_a_request_a_reused_connection_drops_unanswered_goes_once_more_fresh,
+        test_a_request_answered_in_part_is_never_sent_again,
+        test_a_fresh_connection_closed_unanswered_is_an_error_not_a_retry,
+        test_a_chunked_answer_is_read_and_the_connection_reused,
+        test_an_answer_delimited_by_the_close_is_complete,
+        test_interim_answers_are_skipped,
+        test_bytes_on_an_idle_connection_drop_it,
+        test_a_head_without_end_is_an_error,
+        test_cancellation_propagates_and_leaves_no_connection_behind,
+        test_cancellation_in_the_tls_handshake_gives_the_connection_slot_back,
+        test_an_idle_connection_expires,
+        test_the_pool_is_bounded_in_all,
+        test_idle_connections_per_endpoint_are_bounded,
+        test_aclose_closes_every_connection,
+        test_the_request_on_the_wire_is_exactly_host_and_the_given_headers,
+        test_failures_read_the_same,
+    ],
+    ids=lambda test: test.__name__.removeprefix("test_"),
+)
+def test_the_same_on_uvloop(
+    test: Callable[[LocalCA], Coroutine[Any, Any, None]], local_ca: LocalCA
+) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(test(local_ca))

@@ -14,6 +14,8 @@ def test_defaults_without_environment() -> None:
     assert settings.is_sqlite
     assert settings.database_statement_timeout == 5.0
     assert settings.fhir_base("demo") == "http://127.0.0.1:8080/demo/fhir"
+    assert settings.role == "all"
+    assert settings.serves_api and settings.delivers
 
 
 def test_every_variable_is_read() -> None:
@@ -31,6 +33,7 @@ def test_every_variable_is_read() -> None:
             "HUB_SMTP_URL": "smtp://mail:25",
             "HUB_WEBHOOK_TIMEOUT": "7.5",
             "HUB_ENDPOINT_CONCURRENCY": "2",
+            "HUB_ROLE": "api",
         }
     )
     assert not settings.is_sqlite
@@ -47,6 +50,16 @@ def test_every_variable_is_read() -> None:
     assert settings.smtp_url == "smtp://mail:25"
     assert settings.webhook_timeout == 7.5
     assert settings.endpoint_concurrency == 2
+    assert settings.role == "api"
+
+
+@pytest.mark.parametrize(
+    ("role", "serves_api", "delivers"),
+    [("all", True, True), ("api", True, False), ("worker", False, True)],
+)
+def test_the_role_says_what_a_process_runs(role: str, serves_api: bool, delivers: bool) -> None:
+    settings = from_env({"HUB_ROLE": role})
+    assert (settings.serves_api, settings.delivers) == (serves_api, delivers)
 
 
 @pytest.mark.parametrize(
@@ -62,6 +75,7 @@ def test_every_variable_is_read() -> None:
         ("HUB_PORTAL_URL", "portal.example.nl", "not an http"),
         ("HUB_PUBLIC_URL", "ftp://hub", "not an http"),
         ("HUB_SMTP_URL", "mail.example.nl:25", "not an smtp"),
+        ("HUB_ROLE", "delivery", "not one of all, api, worker"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, message: str) -> None:

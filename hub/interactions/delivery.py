@@ -1,25 +1,37 @@
 """The delivery interaction, run by the hub itself: re-check, send, record, schedule.
 
 Before sending, the Subscription and the subscriber's right to read the
-resource are checked again against the CURRENT state (fail closed: a row
-whose subscriber lost its right, or whose Subscription is gone or off, is
-dropped unsent). After the attempt, one unit of work completes or
-reschedules the row, keeps the Subscription's failure count and status
-(`error` after 3 failures in a row, `active` again on success, `off` on 410
-Gone), and records the `transmit` AuditEvent, last.
+resource are checked again against the CURRENT state, from memory: the
+process's subscription index (brought up to date with the domain's
+generation in the unit that claimed the row, and again after a wait for a
+busy endpoint) and the current access snapshot, with the resource's origin
+carried on the outbox row. Fail closed: a row whose subscriber lost its right,
+or whose Subscription is gone, off or ended, is dropped unsent.
 
-Should that bookkeeping itself fail (a value its arithmetic cannot hold, an
-event that cannot be prepared, the unit of work), the attempt is recorded
-instead as a counted, audited failed attempt and the row rescheduled on the
-normal backoff: a failure there never turns into a row sent again at every
-lease, silently, for ever (`Deliverer._record`).
+After the attempt, the outcome joins the others that finished meanwhile and
+they are recorded together, in ONE unit of work (`Recorder`): delivered and
+dropped rows removed in one statement, failed rows rescheduled, each
+Subscription's failure count and status (`error` after 3 failures in a row,
+`active` again on success, `off` on 410 Gone) touched only when they change,
+and the `transmit` AuditEvents appended to the chain last, in order. A crash
+between the POST and that unit sends again (at-least-once); the unit commits
+whole or not at all, so nothing is recorded twice.
+
+Should that batch fail, each of its outcomes is recorded on its own, so only
+a bad one fails; and should one outcome's bookkeeping fail (a value its
+arithmetic cannot hold, an event that cannot be prepared, the unit of work),
+it is recorded instead as a counted, audited failed attempt and the row
+rescheduled on the normal backoff: a failure there never turns into a row
+sent again at every lease, silently, for ever (`Deliverer._record`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,25 +39,26 @@ from typing import Any
 from hub.access.policy import subscriber_may_read
 from hub.audit.events import transmit_event
 from hub.audit.store import prepare as prepare_event
-from hub.fhir import jsonio
 from hub.net import DeliveryResult, OutboundClient
 from hub.notify.mail import MailError, compose_invitation, compose_new_message_notice, send_mail
-from hub.notify.registry import LiveSubscription, live_subscription
+from hub.notify.registry import LiveSubscription, SubscriptionIndex
 from hub.notify.retry import FAILURES_BEFORE_ERROR, SCHEDULE, describe_failure, next_attempt_delay
 from hub.notify.status import set_status
 from hub.notify.webhook import EndpointLimiter, notification_headers
 from hub.runtime import HUB_DEVICE, Runtime, utcnow
-from hub.store import outbox, resources
+from hub.store import outbox
 from hub.store.audit import append_events
-from hub.store.health import count_failure, reset_failures
+from hub.store.health import count_failure, reset_failures_of
 from hub.store.outbox import Entry
-from hub.store.resources import NewVersion, StoredRow
+from hub.store.resources import NewVersion
 from hub.store.sql import Work
 from hub.trace import TraceIds
 
 log = logging.getLogger("hub.delivery")
 
 _MAX_DESCRIPTION = 500
+# The most outcomes one bookkeeping unit records: bounds how long it holds the writer.
+_MAX_BATCH = 512
 
 EventFor = Callable[[bool, str | None], dict[str, Any]]
 """Builds an attempt's `transmit` AuditEvent from its outcome: (success, description)."""
@@ -62,6 +75,25 @@ class Attempt:
     permanent: bool = False  # retrying cannot help (e.g. the mail server refused the address)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One finished attempt at one row, waiting to be recorded."""
+
+    row: Entry
+    attempt: Attempt
+    event: EventFor
+    subscription: LiveSubscription | None  # None for an e-mail
+
+
+@dataclass(frozen=True)
+class _Recordable:
+    """An outcome with what its record needs computed, outside the unit of work."""
+
+    outcome: Outcome
+    next_attempt_at: datetime | None
+    event: NewVersion
+
+
 class Deliverer:
     def __init__(self, runtime: Runtime, client: OutboundClient, *, owner: str) -> None:
         self.runtime = runtime
@@ -74,26 +106,41 @@ class Deliverer:
         self.waiting: dict[int, str] = {}
         self.on_waiting: Callable[[], None] = lambda: None
         self._random = random.Random()
+        self._recorder = Recorder(self)
+
+    @property
+    def subscriptions(self) -> SubscriptionIndex:
+        """The index the pre-send check reads; the dispatcher refreshes it as it claims."""
+        return self.runtime.subscriptions
 
     async def deliver(self, row: Entry) -> None:
+        """Deliver one claimed row; returns once its outcome is recorded."""
         if row.channel == "email":
-            await self._deliver_mail(row)
+            outcome = await self._deliver_mail(row)
         else:
-            await self._deliver_webhook(row)
+            outcome = await self._deliver_webhook(row)
+        if outcome is not None:
+            await self._recorder.record(outcome)
 
     # --- webhooks ---------------------------------------------------------------------
 
-    async def _still_wanted(self, row: Entry) -> LiveSubscription | None:
-        """The Subscription, if it still exists, is not off, and may read the resource."""
-        stored, resource = await self.runtime.database.read(_subscription_and_resource(row))
-        if stored is None or stored.deleted or resource is None:
-            return None
-        subscription = live_subscription(jsonio.loads(stored.content))
+    async def _current_index(self, domain: str, *, refresh: bool) -> None:
+        """Load the domain's index if this process has none (or, with `refresh`, re-check it)."""
+        if refresh or self.subscriptions.loaded(domain) is None:
+            await self.runtime.database.read(self.subscriptions.ensure_current(domain))
+
+    def _still_wanted(self, row: Entry) -> LiveSubscription | None:
+        """The Subscription, if it still exists, is live, and its owner may read the resource.
+
+        From memory: the index as last brought up to date, the current access snapshot.
+        """
+        index = self.subscriptions.loaded(row.domain)
+        subscription = None if index is None else index.by_id.get(row.subscription_id or "")
         if subscription is None or subscription.owner is None or not subscription.is_live(utcnow()):
             return None
         snapshot = self.runtime.access.snapshot
         if not subscriber_may_read(
-            snapshot, row.domain, subscription.owner, row.resource_type, resource.origin
+            snapshot, row.domain, subscription.owner, row.resource_type, row.origin
         ):
             log.info(
                 "Subscription/%s may no longer read %s/%s: not sent",
@@ -104,14 +151,15 @@ class Deliverer:
             return None
         return subscription
 
-    async def _deliver_webhook(self, row: Entry) -> None:
-        subscription = await self._still_wanted(row)
+    async def _deliver_webhook(self, row: Entry) -> Outcome | None:
+        await self._current_index(row.domain, refresh=False)
+        subscription = self._still_wanted(row)
         if subscription is None:
-            await self._drop(row)
-            return
+            await self._recorder.drop(row)
+            return None
         sent = await self._send(row, subscription)
         if sent is None:
-            return  # dropped after waiting, or the lease was lost to another worker
+            return None  # dropped after waiting, or the lease was lost to another worker
         subscription, attempt, trace = sent
         event = _transmit(
             row,
@@ -121,7 +169,7 @@ class Deliverer:
             site=self.runtime.settings.site,
             trace=trace,
         )
-        await self._record(row, attempt, event, subscription=subscription)
+        return Outcome(row, attempt, event, subscription)
 
     async def _send(
         self, row: Entry, subscription: LiveSubscription
@@ -137,9 +185,10 @@ class Deliverer:
                 if waits:
                     # Behind a slow receiver the wait can be long: the Subscription may
                     # have been turned off, or its owner lost the right to read, meanwhile.
-                    rechecked = await self._still_wanted(row)
+                    await self._current_index(row.domain, refresh=True)
+                    rechecked = self._still_wanted(row)
                     if rechecked is None:
-                        await self._drop(row)
+                        await self._recorder.drop(row)
                         return None
                     subscription = rechecked
                 # Waiting for a busy receiver's slot may have used up much of the lease.
@@ -162,9 +211,6 @@ class Deliverer:
             # Stored before the header rules tightened: retrying cannot help, so say so once.
             return Attempt(False, f"unusable channel.header: {exc}", permanent=True)
         return _webhook_attempt(await self.client.post_notification(subscription.endpoint, headers))
-
-    async def _drop(self, row: Entry) -> None:
-        await self.runtime.database.write(outbox.drop(row, owner=self.owner))
 
     async def _keep_lease(self, row: Entry) -> bool:
         """Extend the lease to cover the whole send; False if it was lost.
@@ -190,13 +236,13 @@ class Deliverer:
 
     # --- patient e-mail ---------------------------------------------------------------
 
-    async def _deliver_mail(self, row: Entry) -> None:
+    async def _deliver_mail(self, row: Entry) -> Outcome | None:
         settings = self.runtime.settings
         assert row.recipient is not None
         if settings.smtp_url is None:
             attempt = Attempt(False, "e-mail is off (HUB_SMTP_URL is unset)", permanent=True)
         elif not await self._keep_lease(row):
-            return  # another worker sends it
+            return None  # another worker sends it
         else:
             attempt = await self._send_mail(row.recipient, row.kind, settings.smtp_url)
         event = _transmit(
@@ -207,7 +253,7 @@ class Deliverer:
             site=settings.site,
             trace=TraceIds.new(correlation_id=row.request_id, trace_id=row.trace_id),
         )
-        await self._record(row, attempt, event, subscription=None)
+        return Outcome(row, attempt, event, None)
 
     async def _send_mail(self, recipient: str, kind: str | None, smtp_url: str) -> Attempt:
         settings = self.runtime.settings
@@ -230,56 +276,44 @@ class Deliverer:
 
     # --- bookkeeping ------------------------------------------------------------------
 
-    async def _record(
-        self,
-        row: Entry,
-        attempt: Attempt,
-        event: EventFor,
-        *,
-        subscription: LiveSubscription | None,
-    ) -> None:
-        """Record one attempt in one unit of work (`_bookkeeping`).
+    def recordable(self, outcome: Outcome, now: datetime) -> _Recordable:
+        """The next attempt's time and the prepared AuditEvent: all that needs no database."""
+        row, attempt = outcome.row, outcome.attempt
+        next_attempt_at = None if attempt.success else self._next_attempt(row, attempt, now)
+        event = prepare_event(row.domain, outcome.event(attempt.success, attempt.description), now)
+        return _Recordable(outcome, next_attempt_at, event)
 
-        Everything that needs no database (the next attempt's time, the AuditEvent) is
-        done first, in this task: the unit then holds the writer only for its
-        statements. If anything here fails, computing or writing, the attempt is
-        recorded instead as a failed attempt whose bookkeeping failed
-        (`_record_failed_bookkeeping`).
+    async def _record(self, outcome: Outcome) -> None:
+        """Record one attempt on its own (when its batch could not be), while leased here.
+
+        Should the batch have committed after all (an error after its commit), the
+        lease is gone and nothing is recorded twice. If anything here fails,
+        computing or writing, the attempt is recorded instead as a failed attempt whose
+        bookkeeping failed (`_record_failed_bookkeeping`).
         """
         now = utcnow()
         try:
-            next_attempt_at = None if attempt.success else self._next_attempt(row, attempt, now)
-            prepared = prepare_event(row.domain, event(attempt.success, attempt.description), now)
-            await self.runtime.database.write(
+            recordable = self.recordable(outcome, now)
+            recorded = await self.runtime.database.write(
                 _bookkeeping(
-                    row,
-                    attempt,
-                    prepared,
-                    subscription=subscription,
+                    [recordable],
                     owner=self.owner,
-                    next_attempt_at=next_attempt_at,
                     chain_key=self.runtime.chain_key,
                     now=now,
+                    while_leased=True,
                 )
             )
         except Exception as exc:
             log.exception(
                 "recording the attempt of outbox row %s failed; recording it as a failed attempt",
-                row.pk,
+                outcome.row.pk,
             )
-            await self._record_failed_bookkeeping(
-                row, attempt, event, exc, subscription=subscription
-            )
+            await self._record_failed_bookkeeping(outcome, exc)
+            return
+        if not recorded:
+            _not_leased(outcome.row)
 
-    async def _record_failed_bookkeeping(
-        self,
-        row: Entry,
-        attempt: Attempt,
-        event: EventFor,
-        error: Exception,
-        *,
-        subscription: LiveSubscription | None,
-    ) -> None:
+    async def _record_failed_bookkeeping(self, outcome: Outcome, error: Exception) -> None:
         """Record an attempt whose bookkeeping failed as a counted, audited failed attempt.
 
         Whatever the attempt's outcome (even a success: whether the receiver had it is
@@ -297,6 +331,7 @@ class Deliverer:
         send needs. Then it is claimed and sent again, as after a crashed worker, once
         per lease at most, each round logged, until a record succeeds.
         """
+        row, attempt = outcome.row, outcome.attempt
         failed = Attempt(
             False,
             _bookkeeping_failed(attempt, error),
@@ -305,15 +340,17 @@ class Deliverer:
         now = utcnow()
         try:
             next_attempt_at = None if failed.permanent else self._backoff(row, now)
-            prepared = prepare_event(row.domain, event(False, failed.description), now)
+            prepared = prepare_event(row.domain, outcome.event(False, failed.description), now)
             recorded = await self.runtime.database.write(
                 _bookkeeping(
-                    row,
-                    failed,
-                    prepared,
-                    subscription=subscription,
+                    [
+                        _Recordable(
+                            Outcome(row, failed, outcome.event, outcome.subscription),
+                            next_attempt_at,
+                            prepared,
+                        )
+                    ],
                     owner=self.owner,
-                    next_attempt_at=next_attempt_at,
                     chain_key=self.runtime.chain_key,
                     now=now,
                     while_leased=True,
@@ -327,11 +364,7 @@ class Deliverer:
             )
             return
         if not recorded:
-            log.warning(
-                "outbox row %s was no longer leased here: its attempt was recorded already, "
-                "or another worker has it",
-                row.pk,
-            )
+            _not_leased(row)
 
     def _next_attempt(self, row: Entry, attempt: Attempt, now: datetime) -> datetime | None:
         if attempt.gone or attempt.permanent:
@@ -358,6 +391,97 @@ class Deliverer:
                 "the backoff of outbox row %s failed; retrying in %s", row.pk, SCHEDULE[-1]
             )
             return now + SCHEDULE[-1]
+
+
+class Recorder:
+    """Records finished attempts in batches: one unit of work for all that finished meanwhile.
+
+    Like the SQLite writer's group commit, one level up: while one batch is being
+    written, the outcomes (and rows to drop) that finish meanwhile wait, and the
+    next unit takes them all. Each caller is released once its outcome is on
+    record (or, should its batch fail, once it was recorded on its own).
+    """
+
+    def __init__(self, deliverer: Deliverer) -> None:
+        self._deliverer = deliverer
+        self._waiting: list[tuple[Outcome | Entry, asyncio.Future[None]]] = []
+        self._writing: asyncio.Task[None] | None = None
+
+    async def record(self, outcome: Outcome) -> None:
+        await self._enqueue(outcome)
+
+    async def drop(self, row: Entry) -> None:
+        """Remove a row that must not be sent (with the next batch)."""
+        await self._enqueue(row)
+
+    async def _enqueue(self, item: Outcome | Entry) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, done))
+        if self._writing is None:
+            self._writing = asyncio.create_task(self._write_all(), name="hub-delivery-record")
+        # Shielded: a caller that is cancelled while waiting does not cancel the record.
+        await asyncio.shield(done)
+
+    async def _write_all(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:_MAX_BATCH], self._waiting[_MAX_BATCH:]
+                try:
+                    await self._write([item for item, _ in batch])
+                finally:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._writing = None
+
+    async def _write(self, items: Sequence[Outcome | Entry]) -> None:
+        deliverer = self._deliverer
+        drops = [item for item in items if isinstance(item, Entry)]
+        outcomes = [item for item in items if isinstance(item, Outcome)]
+        now = utcnow()
+        recordables: list[_Recordable] = []
+        alone: list[Outcome] = []  # what cannot even be computed is recorded on its own
+        for outcome in outcomes:
+            try:
+                recordables.append(deliverer.recordable(outcome, now))
+            except Exception:
+                alone.append(outcome)
+        try:
+            await deliverer.runtime.database.write(
+                _bookkeeping(
+                    recordables,
+                    drops=drops,
+                    owner=deliverer.owner,
+                    chain_key=deliverer.runtime.chain_key,
+                    now=now,
+                )
+            )
+        except Exception:
+            log.exception(
+                "recording %d delivery outcomes together failed; recording each on its own",
+                len(recordables) + len(drops),
+            )
+            alone = [r.outcome for r in recordables] + alone
+            for row in drops:
+                await _drop_alone(deliverer, row)
+        for outcome in alone:
+            await deliverer._record(outcome)
+
+
+def _not_leased(row: Entry) -> None:
+    log.warning(
+        "outbox row %s was no longer leased here: its attempt was recorded already, "
+        "or another worker has it",
+        row.pk,
+    )
+
+
+async def _drop_alone(deliverer: Deliverer, row: Entry) -> None:
+    try:
+        await deliverer.runtime.database.write(outbox.complete_all([row.pk], owner=deliverer.owner))
+    except Exception:
+        log.exception("dropping outbox row %s failed; it comes back when its lease ends", row.pk)
 
 
 def _transmit(
@@ -399,77 +523,106 @@ def _bookkeeping_failed(attempt: Attempt, error: Exception) -> str:
     return outcome + reason
 
 
-def _subscription_and_resource(row: Entry) -> Work[tuple[StoredRow | None, StoredRow | None]]:
-    """The current rows of the row's Subscription and of its resource (one snapshot)."""
-    stored = yield from resources.current(row.domain, "Subscription", row.subscription_id or "")
-    resource = yield from resources.current(row.domain, row.resource_type, row.resource_id)
-    return stored, resource
-
-
 def _bookkeeping(
-    row: Entry,
-    attempt: Attempt,
-    event: NewVersion,
+    recordables: Sequence[_Recordable],
     *,
-    subscription: LiveSubscription | None,
+    drops: Sequence[Entry] = (),
     owner: str,
-    next_attempt_at: datetime | None,
     chain_key: bytes,
     now: datetime,
     while_leased: bool = False,
 ) -> Work[bool]:
-    """One attempt's record: the row done or rescheduled, health and status, AuditEvent.
+    """The record of attempts (in order) and of dropped rows: ONE unit of work.
 
-    With `while_leased`, nothing is recorded (False) unless `owner` still holds the
-    row's lease.
+    Delivered and dropped rows go in one statement, failed ones are rescheduled,
+    then each Subscription's health and status, and the `transmit` AuditEvents
+    last. With `while_leased`, attempts at rows `owner` no longer holds are not
+    recorded (False if none was).
     """
-    if attempt.success:
-        leased = yield from outbox.complete(row, owner=owner)
-    else:
-        leased = yield from outbox.reschedule(
-            row,
-            owner=owner,
-            next_attempt_at=next_attempt_at,
-            error=attempt.description or "delivery failed",
-            now=now,
-        )
-    if while_leased and not leased:
-        return False
-    if subscription is not None:
-        yield from _keep_health(row.domain, subscription, attempt, now)
+    done = yield from outbox.complete_all(
+        [r.outcome.row.pk for r in recordables if r.outcome.attempt.success]
+        + [row.pk for row in drops],
+        owner=owner,
+    )
+    recorded: list[_Recordable] = []
+    for recordable in recordables:
+        row, attempt = recordable.outcome.row, recordable.outcome.attempt
+        if attempt.success:
+            leased = row.pk in done
+        else:
+            leased = yield from outbox.reschedule(
+                row,
+                owner=owner,
+                next_attempt_at=recordable.next_attempt_at,
+                error=attempt.description or "delivery failed",
+                now=now,
+            )
+        if leased or not while_leased:
+            recorded.append(recordable)
+    yield from _keep_health([r.outcome for r in recorded], now)
     # The audit chain's head is locked last, as every write path does: a client's
     # Subscription update locks the Subscription first and the head last, so the
     # opposite order here would deadlock against it on PostgreSQL.
-    yield from append_events([event], chain_key)
-    return True
+    yield from append_events([r.event for r in recorded], chain_key)
+    return bool(recorded)
 
 
-def _keep_health(
-    domain: str, subscription: LiveSubscription, attempt: Attempt, now: datetime
+def _keep_health(outcomes: Sequence[Outcome], now: datetime) -> Work[None]:
+    """Each Subscription's failure count and status after these attempts, in their order.
+
+    Written only where they change: the counters of the Subscriptions that had a
+    success are zeroed in one statement per domain (only those above zero), and a
+    status is set only when the attempts decide a new one. Subscriptions are visited
+    in a fixed order, so two units never wait for each other's rows in a cycle.
+    """
+    attempts: dict[tuple[str, str], list[Outcome]] = defaultdict(list)
+    for outcome in outcomes:
+        if outcome.subscription is not None:
+            attempts[(outcome.row.domain, outcome.subscription.id)].append(outcome)
+    succeeded: dict[str, set[str]] = defaultdict(set)
+    for (domain, subscription_id), tried in attempts.items():
+        if any(o.attempt.success for o in tried):
+            succeeded[domain].add(subscription_id)
+    reset: set[tuple[str, str]] = set()
+    for domain in sorted(succeeded):
+        zeroed = yield from reset_failures_of(domain, succeeded[domain])
+        reset.update((domain, subscription_id) for subscription_id in zeroed)
+    for key in sorted(attempts):
+        yield from _decide_status(key, attempts[key], was_failing=key in reset, now=now)
+
+
+def _decide_status(
+    key: tuple[str, str], tried: Sequence[Outcome], *, was_failing: bool, now: datetime
 ) -> Work[None]:
-    subscription_id = subscription.id
-    if attempt.success:
-        # The common case, kept cheap: no failures to forget and the Subscription was
-        # active when checked. `error` is only ever set with failures counted, in
-        # one unit of work, so a concurrent verdict shows up as a counter to reset.
-        if (yield from reset_failures(domain, subscription_id)) or (
-            subscription.status != "active"
-        ):
-            yield from set_status(
-                domain, subscription_id, "active", None, now, applies=_status_is("error")
-            )
-        return
-    failures = yield from count_failure(domain, subscription_id, attempt.description)
-    if attempt.gone:
-        yield from set_status(domain, subscription_id, "off", attempt.description, now)
+    """Count the failures after the last success; set the status the attempts call for."""
+    domain, subscription_id = key
+    last_success = max((n for n, o in enumerate(tried) if o.attempt.success), default=-1)
+    failed = [o.attempt for o in tried[last_success + 1 :]]
+    failures = 0
+    if failed:
+        failures = yield from count_failure(
+            domain, subscription_id, failed[-1].description, failures=len(failed)
+        )
+    gone = next((o.attempt for o in tried if o.attempt.gone), None)
+    if gone is not None:
+        yield from set_status(domain, subscription_id, "off", gone.description, now)
     elif failures >= FAILURES_BEFORE_ERROR:
         yield from set_status(
             domain,
             subscription_id,
             "error",
-            attempt.description,
+            failed[-1].description,
             now,
             applies=_status_is("active"),
+        )
+    elif last_success >= 0 and (
+        # The common case, kept cheap: no failures to forget and the Subscription was
+        # active when checked. `error` is only ever set with failures counted, in
+        # one unit of work, so a concurrent verdict shows up as a counter to reset.
+        was_failing or any(o.subscription and o.subscription.status != "active" for o in tried)
+    ):
+        yield from set_status(
+            domain, subscription_id, "active", None, now, applies=_status_is("error")
         )
 
 

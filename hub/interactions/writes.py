@@ -132,6 +132,7 @@ def _store(exchange: Exchange, prepared: _Prepared) -> Work[tuple[bool, Audit]]:
         resource_type=new.rtype,
         resource_id=new.id,
         version_id=new.version_id,
+        origin=new.origin,
         source_device=exchange.authorised().caller.client_id,
         request_id=exchange.trace.request_id,
         trace_id=exchange.trace.trace_id,

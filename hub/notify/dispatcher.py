@@ -7,6 +7,11 @@ in flight; the per-endpoint limit lives in the `Deliverer`. A delivery waiting
 for its busy endpoint does not count against the global limit, and no more rows
 of its Subscription are claimed meanwhile: one slow receiver never uses up the
 places the others need (docs/architecture.md §4).
+
+The unit that claims rows also brings the subscription index of their domains
+up to date (one generation read per domain): the deliverer's pre-send check
+reads the index from memory, and so sees every change committed before the
+claim.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Protocol
 
+from hub.notify.registry import SubscriptionIndex
 from hub.settings import Settings
 from hub.store import outbox
 from hub.store.clock import utcnow
 from hub.store.db import Database
 from hub.store.outbox import Entry
+from hub.store.sql import Work
 
 log = logging.getLogger("hub.dispatcher")
 
@@ -34,6 +41,10 @@ class Deliverer(Protocol):
 
     @property
     def owner(self) -> str: ...
+
+    @property
+    def subscriptions(self) -> SubscriptionIndex:
+        """The index the deliverer's pre-send check reads."""
 
     @property
     def waiting(self) -> Mapping[int, str]:
@@ -99,13 +110,16 @@ class Dispatcher:
             return 0
         settings = self.settings
         rows = await self.database.write(
-            outbox.claim(
-                owner=self.deliverer.owner,
-                now=utcnow(),
-                lease=timedelta(seconds=settings.delivery_lease_seconds),
-                limit=free,
-                skip_rows=self._rows(),
-                skip_subscriptions=self._busy_subscriptions(),
+            _claim(
+                self.deliverer.subscriptions,
+                outbox.claim(
+                    owner=self.deliverer.owner,
+                    now=utcnow(),
+                    lease=timedelta(seconds=settings.delivery_lease_seconds),
+                    limit=free,
+                    skip_rows=self._rows(),
+                    skip_subscriptions=self._busy_subscriptions(),
+                ),
             )
         )
         # The tasks start here, after the unit: it ran in another thread on SQLite.
@@ -144,3 +158,11 @@ class Dispatcher:
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
         self._wake.clear()
+
+
+def _claim(subscriptions: SubscriptionIndex, claim: Work[list[Entry]]) -> Work[list[Entry]]:
+    """Claim rows, and bring the index of their domains up to date in the same unit."""
+    rows = yield from claim
+    for domain in sorted({row.domain for row in rows if row.channel != "email"}):
+        yield from subscriptions.ensure_current(domain)
+    return rows

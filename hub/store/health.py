@@ -13,6 +13,8 @@ failures, not one (on SQLite the single writer thread serialises them).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -62,8 +64,30 @@ def reset_failures(domain: str, subscription_id: str) -> Work[bool]:
     return reset.rowcount > 0
 
 
-def count_failure(domain: str, subscription_id: str, error: str | None) -> Work[int]:
-    """Count one more failure in a row (with its error); the new consecutive count.
+def reset_failures_of(domain: str, subscription_ids: Collection[str]) -> Work[set[str]]:
+    """Zero the failure counters of many Subscriptions in one statement.
+
+    Only counters above zero are written; answers the ids whose counter that was.
+    """
+    if not subscription_ids:
+        return set()
+    reset = yield from execute(
+        update(HEALTH)
+        .where(
+            HEALTH.c.domain == domain,
+            HEALTH.c.subscription_id.in_(sorted(subscription_ids)),
+            HEALTH.c.consecutive_failures > 0,
+        )
+        .values(consecutive_failures=0, last_error=None)
+        .returning(HEALTH.c.subscription_id)
+    )
+    return {str(subscription_id) for (subscription_id,) in reset.rows}
+
+
+def count_failure(
+    domain: str, subscription_id: str, error: str | None, *, failures: int = 1
+) -> Work[int]:
+    """Count `failures` more failures in a row (the last one's error); the new count.
 
     The row is locked until the unit ends, so concurrent failures are each counted.
     """
@@ -73,11 +97,11 @@ def count_failure(domain: str, subscription_id: str, error: str | None) -> Work[
         {"domain": domain, "subscription_id": subscription_id, "consecutive_failures": 0},
     )
     locked = yield from execute(_LOCKED, _key(domain, subscription_id))
-    failures = int(locked.one()[0]) + 1
+    counted = int(locked.one()[0]) + failures
     yield from execute(
-        _COUNTED, _key(domain, subscription_id) | {"failures": failures, "error": error}
+        _COUNTED, _key(domain, subscription_id) | {"failures": counted, "error": error}
     )
-    return failures
+    return counted
 
 
 def failures(domain: str, subscription_id: str) -> Work[tuple[int, str | None]]:

@@ -1,13 +1,16 @@
 """Schema migrations (Alembic), applied at start-up and by `hub db upgrade`.
 
 The migration scripts live in the package (`hub/migrations`) so an installed
-hub can migrate its own database. On PostgreSQL an advisory lock makes
-several processes starting at once take turns instead of racing.
+hub can migrate its own database. Several processes starting at once (an API
+process and its workers, `hub serve --workers N`) take turns instead of
+racing: on PostgreSQL by an advisory lock, on SQLite by an exclusive `flock`
+on the database file itself (independent of SQLite's own byte-range locks).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 from pathlib import Path
 
 from alembic import command
@@ -43,6 +46,17 @@ def _upgrade(connection: Connection) -> None:
 
 
 def _upgrade_sqlite(path: str) -> None:
+    if path == ":memory:":
+        _upgrade_sqlite_unlocked(path)
+        return
+    # Opened for appending: creates the file if need be (SQLite takes an empty file
+    # as a new database) and never changes a byte of it.
+    with open(path, "ab") as database_file:
+        fcntl.flock(database_file, fcntl.LOCK_EX)  # released when the file is closed
+        _upgrade_sqlite_unlocked(path)
+
+
+def _upgrade_sqlite_unlocked(path: str) -> None:
     engine = create_engine(f"sqlite:///{path}")
     try:
         with engine.begin() as connection:

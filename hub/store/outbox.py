@@ -60,16 +60,22 @@ class Entry(NamedTuple):
     lease_until: datetime | None
     last_error: str | None
     created_at: datetime
+    origin: str | None
+    """The resource's resource-origin Device, for the subscriber's right to read it."""
 
 
 @dataclass(frozen=True)
 class Trigger:
-    """What every row of one write shares: what changed, who caused it, its trace; due `now`."""
+    """What every row of one write shares: what changed, whose it is, who caused it, its trace.
+
+    Due `now`.
+    """
 
     domain: str
     resource_type: str
     resource_id: str
     version_id: int
+    origin: str | None
     source_device: str | None
     request_id: str
     trace_id: str
@@ -78,15 +84,15 @@ class Trigger:
     def values(self) -> tuple[Any, ...]:
         """The shared columns, in `_COLUMNS` order (due now, created now)."""
         return (
-            self.domain, self.resource_type, self.resource_id, self.version_id,
+            self.domain, self.resource_type, self.resource_id, self.version_id, self.origin,
             self.source_device, self.request_id, self.trace_id, self.now, self.now,
         )  # fmt: skip
 
 
 _COLUMNS = (
-    "domain", "resource_type", "resource_id", "version_id", "source_device", "request_id",
-    "trace_id", "next_attempt_at", "created_at", "channel", "subscription_id", "recipient",
-    "kind", "state", "attempts",
+    "domain", "resource_type", "resource_id", "version_id", "origin", "source_device",
+    "request_id", "trace_id", "next_attempt_at", "created_at", "channel", "subscription_id",
+    "recipient", "kind", "state", "attempts",
 )  # fmt: skip
 _INSERT = Prepared(insert(OUTBOX), column_keys=_COLUMNS)
 # A receiver reacts to a notification by searching, so two notifications for one
@@ -105,6 +111,7 @@ _COALESCE = Prepared(
     )
     .values(
         version_id=bindparam("new_version"),
+        origin=bindparam("new_origin"),
         source_device=bindparam("new_source"),
         request_id=bindparam("new_request"),
         trace_id=bindparam("new_trace"),
@@ -147,6 +154,7 @@ def enqueue_webhooks(trigger: Trigger, subscription_ids: Sequence[str]) -> Work[
                     "rid": trigger.resource_id,
                     "dom": trigger.domain,
                     "new_version": trigger.version_id,
+                    "new_origin": trigger.origin,
                     "new_source": trigger.source_device,
                     "new_request": trigger.request_id,
                     "new_trace": trigger.trace_id,
@@ -240,6 +248,21 @@ def complete(row: Entry, *, owner: str) -> Work[bool]:
 def drop(row: Entry, *, owner: str) -> Work[bool]:
     """Discard a row that must not be sent (subscription gone or off, permission lost)."""
     return (yield from complete(row, owner=owner))
+
+
+def complete_all(pks: Collection[int], *, owner: str) -> Work[set[int]]:
+    """Remove delivered (or dropped) rows in one statement; the pks `owner` still held.
+
+    A row whose lease was lost meanwhile stays: its new holder delivers it.
+    """
+    if not pks:
+        return set()
+    done = yield from execute(
+        delete(OUTBOX)
+        .where(OUTBOX.c.pk.in_(sorted(pks)), OUTBOX.c.lease_owner == owner)
+        .returning(OUTBOX.c.pk)
+    )
+    return {int(pk) for (pk,) in done.rows}
 
 
 def reschedule(

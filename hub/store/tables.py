@@ -207,6 +207,9 @@ class OutboxRow(SQLModel, table=True):
     lease_until: datetime | None = _time(nullable=True)
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = _time()
+    # The resource's resource-origin Device: what the pre-send check of the
+    # subscriber's right to read needs, so that check reads nothing.
+    origin: str | None = Field(default=None, max_length=64)
 
 
 class SubscriptionGeneration(SQLModel, table=True):

@@ -1,4 +1,4 @@
-"""`hub keys new` and `hub token`, run as commands against a running hub.
+"""`hub keys new`, `hub token` and `hub worker`, run as commands (against a running hub).
 
 The backend does not matter to these commands, so one hub on SQLite serves.
 """
@@ -8,13 +8,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from tests.api.common import origin_of
-from tests.support.hub import AppKeys, hub_settings, running_hub, write_apps_file
+from tests.support.hub import MATRIX, AppKeys, hub_settings, running_hub, write_apps_file
 
 HUB = Path(sys.executable).with_name("hub")
 
@@ -81,3 +85,63 @@ async def test_keys_new_then_token(
     assert refused.returncode == 1
     assert json.loads(refused.stderr)["error"] == "invalid_client"
     assert refused.stdout == ""
+
+
+def test_hub_serve_refuses_the_worker_role_and_an_unknown_one() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    worker = subprocess.run(
+        [str(HUB), "serve"], capture_output=True, text=True, timeout=60, check=False,
+        env={**env, "HUB_ROLE": "worker"},
+    )  # fmt: skip
+    assert worker.returncode == 2
+    assert "run `hub worker`" in worker.stderr
+    unknown = subprocess.run(
+        [str(HUB), "serve"], capture_output=True, text=True, timeout=60, check=False,
+        env={**env, "HUB_ROLE": "delivery"},
+    )  # fmt: skip
+    assert unknown.returncode == 2
+    assert "HUB_ROLE" in unknown.stderr
+    flag = run("serve", "--role", "worker")
+    assert flag.returncode == 2
+    assert "invalid choice" in flag.stderr
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_hub_worker_starts_from_its_flags_and_stops_cleanly(
+    tmp_path: Path, sqlite_template: Path, app_keys: dict[str, AppKeys], stop: signal.Signals
+) -> None:
+    database = tmp_path / "hub.db"
+    shutil.copyfile(sqlite_template, database)
+    apps_file = write_apps_file(tmp_path / "apps.yaml", app_keys)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env |= {"HUB_KEYS_DIR": str(tmp_path / "keys"), "HUB_AUTHZ_MATRIX": str(MATRIX)}
+    log = tmp_path / "worker.log"
+    with log.open("wb") as output:
+        worker = subprocess.Popen(
+            [
+                str(HUB), "worker",
+                "--database-url", f"sqlite+aiosqlite:///{database}",
+                "--apps", str(apps_file),
+            ],
+            env=env, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "worker ready" not in log.read_text():
+            assert worker.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        # Its Devices are there (it ran the start-up), its wake-up socket is bound.
+        [socket_file] = (tmp_path / "hub.db.wake").iterdir()
+        assert socket_file.name.startswith(f"{worker.pid}-")
+        worker.send_signal(stop)
+        assert worker.wait(30) == 0, log.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+    output_text = log.read_text()
+    assert output_text.count("worker ready") == 1
+    assert "worker stopped" in output_text
+    assert "Traceback" not in output_text
+    assert not (tmp_path / "hub.db.wake").exists()  # its socket, and the directory it was alone in

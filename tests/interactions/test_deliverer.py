@@ -10,9 +10,10 @@ survives its own failures: a value it cannot compute with, a write that fails.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -26,7 +27,9 @@ from hub.fhir.origin import with_origin
 from hub.interactions import delivery
 from hub.interactions.delivery import Deliverer
 from hub.net import DeliveryResult, OutboundClient
+from hub.notify.registry import SubscriptionIndex
 from hub.notify.retry import RETRY_AFTER_CAP, next_attempt_delay
+from hub.notify.webhook import EndpointLimiter
 from hub.runtime import Runtime, utcnow
 from hub.settings import Settings
 from hub.store import health, outbox, resources
@@ -96,6 +99,7 @@ class _Runtime:
     database: Database
     access: AccessConfig
     chain_key: bytes
+    subscriptions: SubscriptionIndex = field(default_factory=SubscriptionIndex)
 
 
 @dataclass
@@ -144,7 +148,8 @@ def _subscription_and_patient() -> Work[None]:
 def _queue(request_id: str) -> Work[None]:
     trigger = Trigger(
         domain=DOMAIN, resource_type="Patient", resource_id="p1", version_id=1,
-        source_device="xis", request_id=request_id, trace_id=f"trace-{request_id}", now=utcnow(),
+        origin="xis", source_device="xis", request_id=request_id,
+        trace_id=f"trace-{request_id}", now=utcnow(),
     )  # fmt: skip
     yield from outbox.enqueue_webhooks(trigger, ["s1"])
 
@@ -277,7 +282,7 @@ async def test_an_email_that_cannot_be_sent_is_given_up_and_audited(setup: Setup
     database = setup.database
     trigger = Trigger(
         domain=DOMAIN, resource_type="Patient", resource_id="p1", version_id=1,
-        source_device="xis", request_id="r1", trace_id="trace-r1", now=utcnow(),
+        origin="xis", source_device="xis", request_id="r1", trace_id="trace-r1", now=utcnow(),
     )  # fmt: skip
     await database.write(
         outbox.enqueue_email(trigger, recipient="patient@example.org", kind="notice")
@@ -349,13 +354,25 @@ async def test_a_failure_in_the_bookkeeping_is_a_counted_audited_failed_attempt(
     assert await _subscription(database) == (2, "error", error)
 
 
+async def test_a_batch_whose_record_fails_is_recorded_one_by_one(setup: Setup) -> None:
+    database = setup.database
+    await database.write(_subscription_and_patient())
+    await database.write(_queue("r1"))
+    setup.deliverer.runtime.database = cast(Database, FailingWrites(database, 1))
+    await _deliver(setup)
+    assert await database.read(outbox.entries()) == []
+    assert await _transmits(database) == [("0", None)]
+    assert len(setup.receiver.posts) == 1
+
+
 async def test_a_success_whose_record_fails_is_recorded_as_a_failed_attempt(
     setup: Setup,
 ) -> None:
     database = setup.database
     await database.write(_subscription_and_patient())
     await database.write(_queue("r1"))
-    setup.deliverer.runtime.database = cast(Database, FailingWrites(database, 1))
+    # The batch's unit fails, and so does the attempt's record on its own.
+    setup.deliverer.runtime.database = cast(Database, FailingWrites(database, 2))
     before = utcnow()
     await _deliver(setup)
     error = "delivered; then its bookkeeping failed (RuntimeError)"
@@ -374,19 +391,20 @@ async def test_a_success_whose_record_fails_is_recorded_as_a_failed_attempt(
     assert len(setup.receiver.posts) == 2
 
 
-async def test_a_record_that_fails_twice_leaves_the_row_leased(
+async def test_a_record_that_fails_every_time_leaves_the_row_leased(
     setup: Setup, caplog: pytest.LogCaptureFixture
 ) -> None:
     database = setup.database
     await database.write(_subscription_and_patient())
     await database.write(_queue("r1"))
     setup.receiver.statuses = [503]
-    setup.deliverer.runtime.database = cast(Database, FailingWrites(database, 2))
+    # The batch's unit, the attempt's own record, and its failed-bookkeeping record.
+    setup.deliverer.runtime.database = cast(Database, FailingWrites(database, 3))
     claimed = await _claim(database, later=timedelta(0))
     with caplog.at_level(logging.ERROR, logger="hub.delivery"):
         await setup.deliverer.deliver(claimed)
-    assert len(caplog.records) == 2
-    assert "keeps its lease" in caplog.records[1].getMessage()
+    assert len(caplog.records) == 3
+    assert "keeps its lease" in caplog.records[2].getMessage()
     # Nothing recorded: the row keeps this worker's lease, so no worker sends it again
     # until the lease runs out, and then once.
     [row] = await database.read(outbox.entries())
@@ -422,3 +440,107 @@ async def test_a_record_that_committed_after_all_is_not_recorded_twice(
     assert await _transmits(database) == [("4", error)]
     assert await database.read(health.failures(DOMAIN, "s1")) == (1, error)
     assert "no longer leased here" in caplog.records[-1].getMessage()
+
+
+class CountingWrites:
+    """The database, counting the units of work written through it."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.writes = 0
+
+    async def read(self, work: Work[T]) -> T:
+        return await self.database.read(work)
+
+    async def write(self, work: Work[T]) -> T:
+        self.writes += 1
+        return await self.database.write(work)
+
+
+async def _deliver_together(setup: Setup, statuses: list[int]) -> CountingWrites:
+    """Queue, claim and deliver one row per status at once; the units their record took."""
+    database = setup.database
+    for number in range(len(statuses)):
+        await database.write(_queue(f"r{number}"))
+    rows = await database.write(
+        outbox.claim(
+            owner=OWNER, now=utcnow() + timedelta(hours=1), lease=timedelta(seconds=60), limit=99
+        )
+    )
+    # The index loaded and the endpoint wide open: the sends go out in claim order.
+    await database.read(setup.deliverer.subscriptions.ensure_current(DOMAIN))
+    setup.deliverer.limiter = EndpointLimiter(len(rows))
+    setup.receiver.statuses = list(statuses)
+    counting = CountingWrites(database)
+    setup.deliverer.runtime.database = cast(Database, counting)
+    await asyncio.gather(*(setup.deliverer.deliver(row) for row in rows))
+    setup.deliverer.runtime.database = database
+    return counting
+
+
+async def test_outcomes_that_finish_together_are_recorded_in_one_unit(setup: Setup) -> None:
+    database = setup.database
+    await database.write(_subscription_and_patient())
+    counting = await _deliver_together(setup, [200, 200, 200, 200, 200])
+    assert counting.writes == 1
+    assert await database.read(outbox.entries()) == []
+    assert await _transmits(database) == [("0", None)] * 5
+    # In the order of the sends: their correlation ids are the rows' request ids.
+    events = await database.read(_stored_events())
+    correlations = [
+        extension["valueId"]
+        for event in events
+        for extension in event.get("extension", [])
+        if extension["url"].endswith("correlation-id")
+    ]
+    assert correlations == [f"r{number}" for number in range(5)]
+
+
+async def test_a_batch_counts_only_the_failures_after_its_last_success(setup: Setup) -> None:
+    database = setup.database
+    await database.write(_subscription_and_patient())
+    error = f"HTTP 503 from {ENDPOINT}"
+    await _deliver_together(setup, [503, 503, 200, 503])
+    assert await database.read(health.failures(DOMAIN, "s1")) == (1, error)
+    assert await _subscription(database) == (1, "active", None)
+    assert await _transmits(database) == [("4", error), ("4", error), ("0", None), ("4", error)]
+    assert [row.attempts for row in await database.read(outbox.entries())] == [1, 1, 1]
+
+
+async def test_a_batch_ending_in_three_failures_makes_an_error_and_one_success_clears_it(
+    setup: Setup,
+) -> None:
+    database = setup.database
+    await database.write(_subscription_and_patient())
+    error = f"HTTP 503 from {ENDPOINT}"
+    await _deliver_together(setup, [200, 503, 503, 503])
+    assert await database.read(health.failures(DOMAIN, "s1")) == (3, error)
+    assert await _subscription(database) == (2, "error", error)
+
+    # A Subscription in `error` still gets its notifications; one success clears it.
+    await database.read(setup.deliverer.subscriptions.ensure_current(DOMAIN))
+    await _deliver_together(setup, [503, 200])
+    assert await database.read(health.failures(DOMAIN, "s1")) == (0, None)
+    assert await _subscription(database) == (3, "active", None)
+
+
+async def test_a_gone_anywhere_in_a_batch_turns_the_subscription_off(setup: Setup) -> None:
+    database = setup.database
+    await database.write(_subscription_and_patient())
+    await _deliver_together(setup, [410, 200])
+    assert await _subscription(database) == (2, "off", f"HTTP 410 from {ENDPOINT}")
+
+
+async def test_a_success_on_a_healthy_subscription_writes_no_health_or_status(
+    setup: Setup,
+) -> None:
+    database = setup.database
+    await database.write(_subscription_and_patient())
+    await _deliver_together(setup, [200, 200])
+    assert await _subscription(database) == (1, "active", None)
+    assert await database.read(_health_rows()) == []
+
+
+def _health_rows() -> Work[list[Any]]:
+    found = yield from execute(select(health.HEALTH))
+    return list(found.rows)

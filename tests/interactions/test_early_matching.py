@@ -83,7 +83,7 @@ def _patient(id_: str) -> NewVersion:
 
 def _write(exchange: Exchange, new: NewVersion, early: effects.Matched | None) -> Work[bool]:
     row = yield from resources.write(new, previous=None)
-    trigger = outbox.Trigger(DOMAIN, new.rtype, new.id, 1, "xis", "req", "trace", utcnow())
+    trigger = outbox.Trigger(DOMAIN, new.rtype, new.id, 1, "xis", "xis", "req", "trace", utcnow())
     done = yield from effects.after_write(effects.Change(exchange, new, row, trigger), early)
     return done.queued
 

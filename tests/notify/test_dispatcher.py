@@ -140,6 +140,7 @@ async def leave_orphan(
         resource_type="Patient",
         resource_id=patient_id,
         version_id=1,
+        origin="xis",
         source_device="xis",
         request_id=request_id,
         trace_id=request_id,

@@ -22,6 +22,7 @@ def _trigger(resource_id: str, request_id: str, at: datetime = NOW) -> Trigger:
         resource_type="Task",
         resource_id=resource_id,
         version_id=int(request_id.removeprefix("r")),
+        origin="xis",
         source_device="xis",
         request_id=request_id,
         trace_id=f"trace-{request_id}",
