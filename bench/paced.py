@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 from bench.load import Connection
 
+# An idle connection older than this is not reused (uvicorn's keep-alive timeout is 5 s).
+_FRESH_SECONDS = 3.0
+
 # (method, path with query, body, headers of this request) of request `i`.
 PacedRequest = tuple[str, str, bytes, Mapping[str, str]]
 
@@ -46,22 +49,27 @@ async def paced(
     open sockets without end.
     """
     loop = asyncio.get_running_loop()
-    idle: list[Connection] = []
+    # Idle connections with when they were last used: uvicorn closes one that idles for
+    # its keep-alive timeout (5 s), and a request sent on it then finds it closed.
+    idle: list[tuple[Connection, float]] = []
     opened: list[Connection] = []
     free = asyncio.Semaphore(connections)
     start = loop.time() + 0.05
 
     async def send(number: int, scheduled: float) -> Sent:
         async with free:
-            if idle:
-                connection = idle.pop()
-            else:
+            connection = None
+            while idle and connection is None:
+                candidate, used = idle.pop()
+                if loop.time() - used < _FRESH_SECONDS:
+                    connection = candidate
+            if connection is None:
                 connection = Connection(host, port, headers)
                 opened.append(connection)
             began = loop.time()
             method, path, body, extra = make(number)
             status, answer = await connection.request(method, path, body, extra)
-            idle.append(connection)
+            idle.append((connection, loop.time()))
         return Sent(number, began - scheduled, loop.time() - began, status, answer)
 
     tasks: list[asyncio.Task[Sent]] = []
