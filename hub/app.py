@@ -34,6 +34,7 @@ from hub.access import ConfigError
 from hub.access.apps import AccessConfig
 from hub.access.jwks_cache import JwksCache
 from hub.access.keys import SigningKeys
+from hub.access.ratelimit import RateLimits
 from hub.api import fhir, oauth
 from hub.api.errors import ErrorMiddleware, fhir_error, http_error
 from hub.api.trace import TraceMiddleware
@@ -277,4 +278,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings or settings_module.from_env()
+    # In memory, per process (README "Rate limits"): each uvicorn worker counts its own.
+    app.state.rate_limits = RateLimits(app.state.settings)
     return app

@@ -57,11 +57,22 @@ class Settings:
     retry_base_seconds: float = 5.0
     delivery_concurrency: int = 32
     endpoint_concurrency: int = 4
+    # The share of `delivery_concurrency` the endpoints of one app may hold at once: a
+    # slow app (many slow endpoints) never takes every place from the others.
+    delivery_app_share: float = 0.5
     webhook_connect_timeout: float = 5.0
     webhook_timeout: float = 15.0
     housekeeping_seconds: float = 30.0
     site: str = field(default_factory=lambda: os.uname().nodename)
     role: str = "all"
+    # Rate limits (hub.access.ratelimit), in memory per process; 0 turns one off. Token
+    # requests per client address and per claimed client_id, a minute's worth at once.
+    rate_limit_token_per_minute: float = 120.0
+    # FHIR writes per app: off by default, so throughput benchmarks are not throttled.
+    rate_limit_writes_per_second: float = 0.0
+    # Refused requests of callers without a valid token, per client address, before its
+    # requests are answered 429 for the rest of the minute (audited once, not each).
+    rate_limit_refused_per_minute: int = 60
 
     @property
     def is_sqlite(self) -> bool:
@@ -111,7 +122,10 @@ def _smtp_url(env: Mapping[str, str]) -> str | None:
     return value
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(
+    env: Mapping[str, str], name: str, default: float, *, zero_allowed: bool = False
+) -> float:
+    """A finite number above 0 (or 0 too, where `zero_allowed` says 0 means "off")."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -121,9 +135,24 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name}: {raw!r} is not a number") from exc
     if not math.isfinite(value):
         raise SettingsError(f"{name}: {raw!r} is not a finite number")
-    if value <= 0:
+    if zero_allowed and value < 0:
+        raise SettingsError(f"{name}: must be 0 (no limit) or more, got {raw!r}")
+    if not zero_allowed and value <= 0:
         raise SettingsError(f"{name}: must be greater than zero, got {raw!r}")
     return value
+
+
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    """A fraction above 0, at most 1."""
+    value = _number(env, name, default)
+    if value > 1:
+        raise SettingsError(f"{name}: a share is at most 1, got {env[name]!r}")
+    return value
+
+
+def _rate(env: Mapping[str, str], name: str, default: float) -> float:
+    """A rate limit: a finite number, 0 (no limit) or more."""
+    return _number(env, name, default, zero_allowed=True)
 
 
 # PostgreSQL's largest statement_timeout: 2^31 - 1 milliseconds.
@@ -191,6 +220,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         endpoint_concurrency=int(
             _number(env, "HUB_ENDPOINT_CONCURRENCY", defaults.endpoint_concurrency)
         ),
+        delivery_app_share=_share(env, "HUB_DELIVERY_APP_SHARE", defaults.delivery_app_share),
         webhook_connect_timeout=_number(
             env, "HUB_WEBHOOK_CONNECT_TIMEOUT", defaults.webhook_connect_timeout
         ),
@@ -200,4 +230,13 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         ),
         site=text("HUB_SITE", defaults.site),
         role=_role(env),
+        rate_limit_token_per_minute=_rate(
+            env, "HUB_RATE_LIMIT_TOKEN_PER_MINUTE", defaults.rate_limit_token_per_minute
+        ),
+        rate_limit_writes_per_second=_rate(
+            env, "HUB_RATE_LIMIT_WRITES_PER_SECOND", defaults.rate_limit_writes_per_second
+        ),
+        rate_limit_refused_per_minute=math.ceil(
+            _rate(env, "HUB_RATE_LIMIT_REFUSED_PER_MINUTE", defaults.rate_limit_refused_per_minute)
+        ),
     )

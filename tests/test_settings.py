@@ -33,6 +33,7 @@ def test_every_variable_is_read() -> None:
             "HUB_SMTP_URL": "smtp://mail:25",
             "HUB_WEBHOOK_TIMEOUT": "7.5",
             "HUB_ENDPOINT_CONCURRENCY": "2",
+            "HUB_DELIVERY_APP_SHARE": "0.25",
             "HUB_ROLE": "api",
         }
     )
@@ -50,6 +51,7 @@ def test_every_variable_is_read() -> None:
     assert settings.smtp_url == "smtp://mail:25"
     assert settings.webhook_timeout == 7.5
     assert settings.endpoint_concurrency == 2
+    assert settings.delivery_app_share == 0.25
     assert settings.role == "api"
 
 
@@ -76,8 +78,32 @@ def test_the_role_says_what_a_process_runs(role: str, serves_api: bool, delivers
         ("HUB_PUBLIC_URL", "ftp://hub", "not an http"),
         ("HUB_SMTP_URL", "mail.example.nl:25", "not an smtp"),
         ("HUB_ROLE", "delivery", "not one of all, api, worker"),
+        ("HUB_RATE_LIMIT_TOKEN_PER_MINUTE", "lots", "not a number"),
+        ("HUB_RATE_LIMIT_WRITES_PER_SECOND", "-1", "0 \\(no limit\\) or more"),
+        ("HUB_RATE_LIMIT_REFUSED_PER_MINUTE", "inf", "not a finite number"),
+        ("HUB_DELIVERY_APP_SHARE", "1.5", "a share is at most 1"),
+        ("HUB_DELIVERY_APP_SHARE", "0", "greater than zero"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=f"{variable}.*{message}"):
         from_env({variable: value})
+
+
+def test_rate_limits() -> None:
+    defaults = from_env({})
+    assert (
+        defaults.rate_limit_token_per_minute,
+        defaults.rate_limit_writes_per_second,
+        defaults.rate_limit_refused_per_minute,
+    ) == (120, 0, 60)
+    settings = from_env(
+        {
+            "HUB_RATE_LIMIT_TOKEN_PER_MINUTE": "30",
+            "HUB_RATE_LIMIT_WRITES_PER_SECOND": "2.5",
+            "HUB_RATE_LIMIT_REFUSED_PER_MINUTE": "0",
+        }
+    )
+    assert settings.rate_limit_token_per_minute == 30
+    assert settings.rate_limit_writes_per_second == 2.5
+    assert settings.rate_limit_refused_per_minute == 0  # 0 = no limit

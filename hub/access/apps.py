@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import threading
 import warnings
@@ -28,6 +29,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from hub.access import ConfigError, read_yaml
 from hub.access.matrix import FHIR_ID, RESOURCE_TYPES, Matrix, Scopes, load_matrix
+from hub.access.ratelimit import AppLimits
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ class App:
     endpoints: tuple[str, ...] = ()
     # Per resource type, the client_ids whose resources a GRANTED right covers.
     grants: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    # The app's own rate limits (`rate_limit:`); None = the hub's settings.
+    rate_limit: AppLimits | None = None
 
     def endpoint_allowed(self, url: str) -> bool:
         """May this app subscribe with `url` as its webhook endpoint?"""
@@ -145,7 +149,10 @@ def _public_key(member: object, label: str) -> RSAKey | ECKey:
 # --- loading -------------------------------------------------------------------------------
 
 _Fail = Callable[[str], ConfigError]
-_APP_KEYS = frozenset({"client_id", "name", "role", "jwks", "jwks_uri", "endpoints", "grants"})
+_APP_KEYS = frozenset(
+    {"client_id", "name", "role", "jwks", "jwks_uri", "endpoints", "grants", "rate_limit"}
+)
+_RATE_LIMIT_KEYS = ("token_per_minute", "writes_per_second")
 
 
 def load_registry(apps_path: Path, matrix: Matrix) -> Registry:
@@ -252,6 +259,7 @@ def _app(source: Path | str, domain: str, position: int, raw: object, matrix: Ma
         jwks_uri=jwks_uri,
         endpoints=_endpoints(raw.get("endpoints"), fail),
         grants=_grants(raw.get("grants"), fail),
+        rate_limit=_rate_limit(raw.get("rate_limit"), fail),
     )
 
 
@@ -291,6 +299,33 @@ def _grants(value: object, fail: _Fail) -> Mapping[str, tuple[str, ...]]:
             raise fail(f"grants.{rtype} must be a list of client_ids")
         grants[rtype] = tuple(dict.fromkeys(client_ids))
     return MappingProxyType(grants)
+
+
+def _rate_limit(value: object, fail: _Fail) -> AppLimits | None:
+    """`rate_limit: {token_per_minute: N, writes_per_second: N}`, either may be left out."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise fail(f"rate_limit must be a mapping with {' and/or '.join(_RATE_LIMIT_KEYS)}")
+    unknown = sorted(str(key) for key in value if key not in _RATE_LIMIT_KEYS)
+    if unknown:
+        raise fail(
+            f"rate_limit: unknown key {unknown[0]!r} (allowed: {', '.join(_RATE_LIMIT_KEYS)})"
+        )
+    limits: dict[str, float] = {}
+    for name, number in value.items():
+        # YAML's `true` is an int to Python: a limit is a number, never a flag.
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, int | float)
+            or not math.isfinite(number)
+            or number < 0
+        ):
+            raise fail(
+                f"rate_limit.{name} must be a number of 0 (no limit) or more, not {number!r}"
+            )
+        limits[name] = float(number)
+    return AppLimits(**limits)
 
 
 # --- the reloadable holder -----------------------------------------------------------------

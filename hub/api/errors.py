@@ -43,8 +43,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
             else str(exc.detail),
         )
     error.headers.update(exc.headers or {})
-    await audit_refusal(request, error)
-    return error_response(error)
+    return error_response(await audit_refusal(request, error))
 
 
 def internal_error() -> FhirError:

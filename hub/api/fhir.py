@@ -23,6 +23,7 @@ from starlette.routing import Route
 from hub import trace
 from hub.api.auth import authenticate
 from hub.api.errors import internal_error, timed_out
+from hub.api.limits import count_refusal, rate_limits, refused_gate, write_gate
 from hub.api.refusals import public_exchange
 from hub.api.responses import FHIR_JSON, PLAIN_JSON, FhirResponse, error_response
 from hub.audit.events import Entity, query_entity
@@ -148,10 +149,29 @@ async def perform(
     # What was asked for, so a request refused before or by the interaction (401, 403,
     # 404 of an unsupported type, 406, ...) still tells the auditor what was tried.
     requested = _requested(request, interaction, rtype)
+    # Who asks decides which rate limit applies, so the token is checked first; a bad one
+    # is refused below, in its usual turn. Over a limit, nothing else is done.
+    limits = rate_limits(request)
+    unauthenticated: FhirError | None = None
+    try:
+        identified = replace(exchange, access=authenticate(runtime, request, domain))
+    except FhirError as error:
+        identified, unauthenticated = exchange, error
+    except Exception:
+        with contextlib.suppress(Exception):
+            await exchange.fail(internal_error(), requested)
+        raise
+    limited = await refused_gate(limits, identified, requested) or await write_gate(
+        limits, identified, requested
+    )
+    if limited is not None:
+        return error_response(limited)
     media_type = FHIR_JSON
     try:
         media_type = response_media_type(request)
-        exchange = replace(exchange, access=authenticate(runtime, request, domain))
+        if unauthenticated is not None:
+            raise unauthenticated
+        exchange = identified
         if rtype is not None and not is_supported(rtype):
             raise not_found(f"Resource type {rtype!r} is not supported by this server")
         answer = await operation(exchange)
@@ -161,9 +181,11 @@ async def perform(
         await exchange.finish(response.status_code, answer.audit)
         return response
     except _Refused as refused:
+        count_refusal(limits, identified, refused.error.status)
         await exchange.fail(refused.error, refused.entities)
         return error_response(refused.error, media_type)
     except FhirError as error:
+        count_refusal(limits, identified, error.status)
         await exchange.fail(error, requested)
         return error_response(error, media_type)
     except Timeout as timeout:
@@ -236,9 +258,14 @@ async def metadata(request: Request) -> Response:
         return error_response(not_found(f"Unknown domain {domain!r}"))
     # Public, but a caller that identifies itself is named in the AuditEvent.
     exchange = public_exchange(request, runtime, domain, "capabilities")
+    limits = rate_limits(request)
+    limited = await refused_gate(limits, exchange)
+    if limited is not None:
+        return error_response(limited)
     try:
         media_type = response_media_type(request)
     except FhirError as error:
+        count_refusal(limits, exchange, error.status)
         await exchange.fail(error)
         return error_response(error)
     statement = capability_statement(

@@ -9,8 +9,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hub import trace
-from hub.access.assertion import ASSERTION_ALGORITHMS, OAuthError
+from hub.access.assertion import ASSERTION_ALGORITHMS, OAuthError, claimed_client
 from hub.api.fhir import read_limited
+from hub.api.limits import rate_limits, token_limited
 from hub.fhir.outcome import FhirError
 from hub.fhir.search_params import SUPPORTED_TYPES
 from hub.interactions.token import request_token
@@ -57,6 +58,21 @@ async def token(request: Request) -> Response:
             {"error": "invalid_request", "error_description": "unknown domain"}, 404
         )
     runtime, domain = found
+    client_address = request.client.host if request.client else None
+    limits = rate_limits(request)
+    # The address's budget before the body is even read; the claimed client's before its
+    # assertion is verified: over either limit, the hub does no work for the request.
+    if limits is not None:
+        verdict = limits.token_request_by_address(domain, client_address)
+        if not verdict.allowed:
+            return await token_limited(
+                runtime,
+                domain,
+                verdict,
+                "from this address",
+                client_address=client_address,
+                trace=trace.get(),
+            )
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         return _oauth_error(
@@ -71,13 +87,24 @@ async def token(request: Request) -> Response:
         fields = await _read_form(request, runtime.settings.max_body_bytes)
     except OAuthError as error:
         return _oauth_error(error)
+    # The client_id the assertion claims, unverified: only a bucket key. A claim naming
+    # no app of the domain has no bucket (it fails anyway, within its address's budget).
+    claimed = claimed_client(fields.get("client_assertion"))
+    app = runtime.access.registry.app(domain, claimed) if claimed is not None else None
+    if limits is not None and claimed is not None and app is not None:
+        verdict = limits.token_request_by_client(domain, claimed, app.rate_limit)
+        if not verdict.allowed:
+            return await token_limited(
+                runtime,
+                domain,
+                verdict,
+                f"for client_id {claimed!r}",
+                client_address=client_address,
+                trace=trace.get(),
+            )
     try:
         body = await request_token(
-            runtime,
-            domain,
-            fields,
-            client_address=request.client.host if request.client else None,
-            trace=trace.get(),
+            runtime, domain, fields, client_address=client_address, trace=trace.get()
         )
     except OAuthError as error:
         return _oauth_error(error)

@@ -4,7 +4,9 @@ The CapabilityStatement is public, a PUT or DELETE of an AuditEvent is refused
 for everyone, and a malformed trace header, an unknown route or an unsupported
 method under a domain's FHIR base never reaches a FHIR handler. All of them are
 still audited like any other request: naming the caller when its token is
-valid, recording the client address when not.
+valid, recording the client address when not. A caller without a valid token
+spends its address's refused-request budget with them, as with any refusal
+(`hub.api.limits`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from starlette.requests import Request
 
 from hub import trace
 from hub.api.auth import authenticate
+from hub.api.limits import count_refusal, rate_limits, refused_gate
 from hub.audit.events import Entity
 from hub.fhir.outcome import FhirError
 from hub.interactions.exchange import Exchange
@@ -51,19 +54,28 @@ def interaction_for(method: str, segments: list[str]) -> str:
 
 async def audit_refusal(
     request: Request, error: FhirError, *, entities: Sequence[Entity] = ()
-) -> None:
+) -> FhirError:
     """Record `error`, naming `entities`, for a request under `/{domain}/fhir/` of a known domain.
 
-    A request anywhere else is not recorded: no domain, no trail to write it in.
+    Answers the error to send: `error`, or a 429 when the caller has no valid token and
+    its address has used up its refused requests (then nothing is recorded, but the
+    first such 429 of the window). A request anywhere else is not recorded: no domain,
+    no trail to write it in.
     """
     segments = request.url.path.strip("/").split("/")
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if runtime is None or len(segments) < 2 or segments[1] != "fhir":
-        return
+        return error
     domain = segments[0]
     if domain not in runtime.access.registry.domains:
-        return  # no domain, no trail to write it in; the log has it
+        return error  # no domain, no trail to write it in; the log has it
     exchange = public_exchange(
         request, runtime, domain, interaction_for(request.method, segments[2:])
     )
+    limits = rate_limits(request)
+    limited = await refused_gate(limits, exchange, entities)
+    if limited is not None:
+        return limited
+    count_refusal(limits, exchange, error.status)
     await exchange.fail(error, entities)
+    return error

@@ -44,7 +44,7 @@ class TraceMiddleware:
             try:
                 error = bad_request(str(exc), exc.header)
                 try:
-                    await audit_refusal(Request(scope), error)
+                    error = await audit_refusal(Request(scope), error)
                 except Exception:
                     log.exception("auditing a refused request failed")
                     error = internal_error()  # no unaudited access, refused ones included

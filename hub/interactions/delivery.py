@@ -44,7 +44,7 @@ from hub.notify.mail import MailError, compose_invitation, compose_new_message_n
 from hub.notify.registry import LiveSubscription, SubscriptionIndex
 from hub.notify.retry import FAILURES_BEFORE_ERROR, SCHEDULE, describe_failure, next_attempt_delay
 from hub.notify.status import set_status
-from hub.notify.webhook import EndpointLimiter, notification_headers
+from hub.notify.webhook import EndpointLimiter, KeyedLimiter, notification_headers
 from hub.runtime import HUB_DEVICE, Runtime, utcnow
 from hub.store import outbox
 from hub.store.audit import append_events
@@ -99,7 +99,13 @@ class Deliverer:
         self.runtime = runtime
         self.client = client
         self.owner = owner
-        self.limiter = EndpointLimiter(runtime.settings.endpoint_concurrency)
+        settings = runtime.settings
+        self.limiter = EndpointLimiter(settings.endpoint_concurrency)
+        # However many endpoints one app registers, its deliveries hold at most its share
+        # of the places: a slow app never takes every place from the others.
+        self.app_limiter: KeyedLimiter[tuple[str, str]] = KeyedLimiter(
+            max(1, int(settings.delivery_concurrency * settings.delivery_app_share))
+        )
         # Rows (pk → subscription id) waiting for a slot of their busy endpoint. The
         # dispatcher neither counts them against its capacity nor claims more rows of
         # those subscriptions, so a slow receiver never holds back the others.
@@ -174,13 +180,20 @@ class Deliverer:
     async def _send(
         self, row: Entry, subscription: LiveSubscription
     ) -> tuple[LiveSubscription, Attempt, TraceIds] | None:
-        """Send within the endpoint's concurrency limit; None if nothing was sent."""
-        waits = self.limiter.busy(subscription.endpoint)
+        """Send within the app's and the endpoint's concurrency limits; None if nothing was sent.
+
+        A row that must wait for either is `waiting`: the dispatcher does not count it
+        against its capacity, so the places go to other apps' and endpoints' rows.
+        """
+        app = (row.domain, subscription.owner or "")
+        waits = self.app_limiter.busy(app) or self.limiter.busy(subscription.endpoint)
         if waits:
             self.waiting[row.pk] = subscription.id
             self.on_waiting()
         try:
-            async with self.limiter.slot(subscription.endpoint):
+            # The endpoint first: a row waiting behind its own slow endpoint must not
+            # hold one of its app's places, or the app's other endpoints wait too.
+            async with self.limiter.slot(subscription.endpoint), self.app_limiter.slot(app):
                 self.waiting.pop(row.pk, None)
                 if waits:
                     # Behind a slow receiver the wait can be long: the Subscription may

@@ -21,6 +21,7 @@ from hub.access.apps import (
     parse_registry,
 )
 from hub.access.matrix import Matrix
+from hub.access.ratelimit import AppLimits
 from tests.access.conftest import ROOT, public_jwk
 
 Mutation = Callable[[dict[str, Any]], None]
@@ -107,6 +108,18 @@ BAD_APPS: list[tuple[str, Mutation, str, str]] = [
     ("grant of unknown type", set_key("grants", {"Banana": []}), "demo/epd", "unknown resource"),
     ("grant of unknown app", set_key("grants", {"Task": ["ghost"]}), "demo/epd", "'ghost'"),
     ("grants not lists", set_key("grants", {"Task": "module"}), "demo/epd", "must be a list"),
+    *[
+        (f"rate_limit {name}", set_key("rate_limit", value), "demo/epd", problem)
+        for name, value, problem in [
+            ("not a mapping", 10, "rate_limit must be a mapping"),
+            ("empty", {}, "rate_limit must be a mapping"),
+            ("unknown key", {"reads_per_second": 5}, "rate_limit: unknown key 'reads_per_second'"),
+            ("text", {"token_per_minute": "many"}, "rate_limit.token_per_minute must be a number"),
+            ("negative", {"writes_per_second": -1}, "rate_limit.writes_per_second must be a"),
+            ("a flag", {"writes_per_second": True}, "rate_limit.writes_per_second must be a"),
+            ("infinite", {"token_per_minute": float("inf")}, "rate_limit.token_per_minute must"),
+        ]
+    ],
     ("bad client_id", set_key("client_id", "e pd"), "demo/apps[0]", "must be a FHIR id"),
     ("hub's client_id", set_key("client_id", "koppeltaal-hub"), "demo/apps[0]", "hub's own"),
     ("duplicate domain", duplicate_domain, "demo", "domain name appears twice"),
@@ -193,6 +206,18 @@ def test_endpoint_prefixes(registry_data: Callable[[], dict[str, Any]], matrix: 
     assert not epd.endpoint_allowed("https://epd.example.evil.example/notify")
     assert not epd.endpoint_allowed("https://hooks.example/other/")
     assert not epd.endpoint_allowed("http://epd.example/notify")
+
+
+def test_an_apps_own_rate_limits(
+    registry_data: Callable[[], dict[str, Any]], matrix: Matrix
+) -> None:
+    data = registry_data()
+    app(data)["rate_limit"] = {"token_per_minute": 600, "writes_per_second": 0}
+    app(data, "module")["rate_limit"] = {"writes_per_second": 2.5}
+    apps = parse_registry(data, matrix, source="apps.yaml").domains["demo"].apps
+    assert apps["epd"].rate_limit == AppLimits(token_per_minute=600, writes_per_second=0)
+    assert apps["module"].rate_limit == AppLimits(writes_per_second=2.5)
+    assert apps["remote"].rate_limit is None  # the hub's settings apply
 
 
 def test_no_endpoints_means_any_https_url(registry: Any) -> None:

@@ -188,7 +188,13 @@ async def test_a_slow_and_a_dead_receiver_do_not_delay_a_healthy_one_across_two_
     deployment = Deployment(tmp_path, database_url, app_keys, local_ca)
     # Two places per worker and one per endpoint: were a held delivery (or one waiting
     # for the held endpoint) to count, the slow receiver alone would fill each worker.
-    small = {**NO_POLL, "HUB_DELIVERY_CONCURRENCY": "2", "HUB_ENDPOINT_CONCURRENCY": "1"}
+    # All three receivers belong to one app, which may therefore hold every place.
+    small = {
+        **NO_POLL,
+        "HUB_DELIVERY_CONCURRENCY": "2",
+        "HUB_ENDPOINT_CONCURRENCY": "1",
+        "HUB_DELIVERY_APP_SHARE": "1",
+    }
     dead = f"https://127.0.0.1:{free_port()}/hook"  # nothing listens: refused at once
     writes = [f"w{n}" for n in range(10)]
     with HttpsReceiver(local_ca) as slow, deployment.api() as api:
