@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SOURCES := hub tests examples tools bench
 
-.PHONY: install lock run test lint format bench demo clean
+.PHONY: install lock run test lint format bench demo clean browser
 
 install: $(INSTALLED)
 
@@ -27,8 +27,16 @@ lock: install
 run: install
 	$(BIN)/hub serve
 
-test: lint
+test: lint browser
 	$(BIN)/pytest -n auto --dist loadgroup
+
+# The pages (the delivery console, the portal's push opt-in) are tested in a real headless
+# browser: Debian's Chromium, driven by Playwright (HUB_TEST_CHROMIUM names another one).
+browser:
+	@command -v chromium >/dev/null || { \
+		echo "Installing Chromium for the browser tests (apt-get)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 lint: install
 	$(BIN)/ruff check $(SOURCES)
