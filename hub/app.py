@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -36,6 +37,7 @@ from hub.access.jwks_cache import JwksCache
 from hub.access.keys import SigningKeys
 from hub.access.ratelimit import RateLimits
 from hub.api import fhir, oauth
+from hub.api.connections import STATE_KEY, ConnectionGuard, ConnectionLimits
 from hub.api.errors import ErrorMiddleware, fhir_error, http_error
 from hub.api.trace import TraceMiddleware
 from hub.audit.chain import load_or_create_key
@@ -219,7 +221,8 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
 
 
 @asynccontextmanager
-async def lifespan(app: Starlette) -> AsyncIterator[None]:
+async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+    """Run the hub while the server serves; its state carries the connection guard."""
     settings: Settings = app.state.settings
     if not settings.serves_api:
         raise SystemExit("hub: the worker role serves no HTTP; run `hub worker`")
@@ -232,7 +235,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             settings.public_url,
             runtime.database.dialect,
         )
-        yield
+        yield {STATE_KEY: ConnectionGuard(ConnectionLimits.from_settings(settings))}
 
 
 async def run_worker(settings: Settings) -> None:

@@ -46,9 +46,12 @@ def _serve(args: argparse.Namespace) -> int:
     if not settings.serves_api:
         print("hub: HUB_ROLE=worker serves no HTTP; run `hub worker`", file=sys.stderr)
         return 2
+    from hub.api.connections import GuardedHttpToolsProtocol
+
     uvicorn.run(
         "hub.app:create_app",
         factory=True,
+        http=GuardedHttpToolsProtocol,
         host=args.host,
         port=args.port,
         workers=args.workers,

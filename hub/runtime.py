@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ class Runtime:
     verified_tokens: VerifiedTokens = field(
         default_factory=lambda: VerifiedTokens(max_entries=10_000)
     )
+    # Large request bodies are worked on in a thread, one at a time (hub.interactions.offload).
+    heavy_work: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     # Called after a commit that queued deliveries: wakes the dispatcher at once.
     wake_dispatcher: Callable[[], None] = field(default=lambda: None)
     version: str = "0.1.0"

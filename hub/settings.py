@@ -46,6 +46,12 @@ class Settings:
     portal_url: str = "http://127.0.0.1:8090"
     registration_url: str = "http://127.0.0.1:8090/register"
     max_body_bytes: int = 10 * 1024 * 1024
+    # The connection guard (hub.api.connections): how long a request's headers and its
+    # body may take to arrive, how large the headers may be, connections per address.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_header_bytes: int = 32 * 1024
+    connections_per_address: int = 128
     access_token_lifetime: int = 900
     token_algorithm: str = "RS512"  # noqa: S105 (an algorithm name, not a secret)
     default_page_size: int = 50
@@ -201,6 +207,17 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         portal_url=_http_url(env, "HUB_PORTAL_URL", defaults.portal_url).rstrip("/"),
         registration_url=_http_url(env, "HUB_REGISTRATION_URL", defaults.registration_url),
         max_body_bytes=int(_number(env, "HUB_MAX_BODY_BYTES", defaults.max_body_bytes)),
+        header_timeout=_number(env, "HUB_HEADER_TIMEOUT", defaults.header_timeout),
+        body_timeout=_number(env, "HUB_BODY_TIMEOUT", defaults.body_timeout),
+        max_header_bytes=int(_number(env, "HUB_MAX_HEADER_BYTES", defaults.max_header_bytes)),
+        connections_per_address=int(
+            _number(
+                env,
+                "HUB_CONNECTIONS_PER_ADDRESS",
+                defaults.connections_per_address,
+                zero_allowed=True,
+            )
+        ),
         access_token_lifetime=int(
             _number(env, "HUB_ACCESS_TOKEN_LIFETIME", defaults.access_token_lifetime)
         ),

@@ -83,6 +83,10 @@ def test_the_role_says_what_a_process_runs(role: str, serves_api: bool, delivers
         ("HUB_RATE_LIMIT_REFUSED_PER_MINUTE", "inf", "not a finite number"),
         ("HUB_DELIVERY_APP_SHARE", "1.5", "a share is at most 1"),
         ("HUB_DELIVERY_APP_SHARE", "0", "greater than zero"),
+        ("HUB_HEADER_TIMEOUT", "0", "greater than zero"),
+        ("HUB_BODY_TIMEOUT", "never", "not a number"),
+        ("HUB_MAX_HEADER_BYTES", "-5", "greater than zero"),
+        ("HUB_CONNECTIONS_PER_ADDRESS", "-1", "0 \\(no limit\\) or more"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, message: str) -> None:
@@ -107,3 +111,23 @@ def test_rate_limits() -> None:
     assert settings.rate_limit_token_per_minute == 30
     assert settings.rate_limit_writes_per_second == 2.5
     assert settings.rate_limit_refused_per_minute == 0  # 0 = no limit
+
+
+def test_connection_limits() -> None:
+    defaults = from_env({})
+    assert (
+        defaults.header_timeout,
+        defaults.body_timeout,
+        defaults.max_header_bytes,
+        defaults.connections_per_address,
+    ) == (10, 30, 32768, 128)
+    settings = from_env(
+        {
+            "HUB_HEADER_TIMEOUT": "2.5",
+            "HUB_BODY_TIMEOUT": "60",
+            "HUB_MAX_HEADER_BYTES": "16384",
+            "HUB_CONNECTIONS_PER_ADDRESS": "0",
+        }
+    )
+    assert (settings.header_timeout, settings.body_timeout) == (2.5, 60)
+    assert (settings.max_header_bytes, settings.connections_per_address) == (16384, 0)

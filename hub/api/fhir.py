@@ -16,7 +16,7 @@ from datetime import UTC
 from email.utils import format_datetime
 from urllib.parse import parse_qsl
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -105,23 +105,39 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes.
+
+    A declared `Content-Length` over the limit is refused before a byte of the body is
+    read, and the connection then closes rather than waiting for the rest. A body that
+    stops arriving is cut off by the connection guard (`hub.api.connections`): 408.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect as gone:
+        raise FhirError.single(
+            408,
+            "incomplete",
+            f"The request body ended after {size} bytes: the client closed the connection "
+            "or the body did not arrive in time",
+        ) from gone
     return b"".join(chunks)
 
 
 def too_large(limit: int) -> FhirError:
     return FhirError.single(
-        413, "too-costly", f"The request body exceeds the limit of {limit} bytes"
+        413,
+        "too-costly",
+        f"The request body exceeds the limit of {limit} bytes",
+        headers={"Connection": "close"},
     )
 
 

@@ -37,6 +37,10 @@ async def _read_form(request: Request, limit: int) -> dict[str, str]:
     try:
         body = await read_limited(request, limit)
     except FhirError as exc:
+        if exc.status == 408:
+            raise OAuthError(
+                "invalid_request", 408, "body incomplete", "the token request did not arrive"
+            ) from exc
         raise OAuthError(
             "invalid_request", 413, "body too large", "the token request is too large"
         ) from exc

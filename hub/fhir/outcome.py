@@ -13,6 +13,19 @@ from typing import Any, Literal
 
 Severity = Literal["fatal", "error", "warning", "information"]
 
+# An answer lists at most this many issues, each text cut at these lengths: a body with
+# thousands of faults (or one 800 kB property name) must not come back many times its size.
+MAX_ISSUES = 100
+MAX_DIAGNOSTICS = 1000
+MAX_EXPRESSION = 300
+
+
+def shortened(text: str, limit: int) -> str:
+    """`text`, or its start and a note of its length when it is longer than `limit`."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"
+
 
 @dataclass(frozen=True)
 class Issue:
@@ -43,6 +56,7 @@ class FhirError(Exception):
     headers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.issues = _bounded(self.issues)
         super().__init__(self.text)
 
     @classmethod
@@ -63,6 +77,34 @@ class FhirError(Exception):
 
     def outcome(self) -> dict[str, Any]:
         return operation_outcome(self.issues)
+
+
+def _bounded(issues: Sequence[Issue]) -> Sequence[Issue]:
+    """At most `MAX_ISSUES` issues with texts of bounded length; a last one counts the rest."""
+    if len(issues) <= MAX_ISSUES and all(
+        len(i.diagnostics) <= MAX_DIAGNOSTICS
+        and all(len(e) <= MAX_EXPRESSION for e in i.expression)
+        for i in issues
+    ):
+        return issues
+    kept = [
+        Issue(
+            issue.code,
+            shortened(issue.diagnostics, MAX_DIAGNOSTICS),
+            tuple(shortened(e, MAX_EXPRESSION) for e in issue.expression),
+            issue.severity,
+        )
+        for issue in issues[:MAX_ISSUES]
+    ]
+    if len(issues) > MAX_ISSUES:
+        kept.append(
+            Issue(
+                "too-costly",
+                f"{len(issues) - MAX_ISSUES:,} more issues are not listed; fix these and try again",
+                severity="information",
+            )
+        )
+    return kept
 
 
 def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:

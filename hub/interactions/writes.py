@@ -26,6 +26,7 @@ from hub.fhir.outcome import FhirError, bad_request, forbidden, not_found, unpro
 from hub.fhir.query import MAX_DIGITS, whole_number
 from hub.interactions import effects
 from hub.interactions.exchange import Audit, Exchange
+from hub.interactions.offload import cpu_bound
 from hub.interactions.reads import Found, gone
 from hub.runtime import utcnow
 from hub.store import outbox, resources
@@ -172,29 +173,53 @@ async def _commit(exchange: Exchange, new: NewVersion, *, status: int) -> Writte
     )
 
 
+def _checked(
+    rtype: str, body: bytes, rules: effects.TypeRules, *, id: str | None = None
+) -> dict[str, Any]:
+    """The body parsed and checked against the type's model and structural rules.
+
+    A new resource (`id` None) must also meet its type's essentials; an update's body
+    must carry the id of the resource it replaces.
+    """
+    resource = parse_body(body, expected_type=rtype)
+    if id is None:
+        effects.check_essentials(rtype, resource)
+    elif resource.get("id") != id:
+        raise bad_request(
+            f"The resource id ({resource.get('id')!r}) must equal the id in the URL ({id!r})",
+            f"{rtype}.id",
+        )
+    validate(resource, rules=rules.structural)
+    return resource
+
+
+def _versioned(
+    domain: str, resource: dict[str, Any], *, id: str, version_id: int, origin: str | None,
+    method: str,
+) -> NewVersion:  # fmt: skip
+    """The version to store: refused if it holds what no database text can, else prepared."""
+    refuse_unstorable(resource)
+    return resources.prepare(
+        domain, resource, id=id, version_id=version_id, now=utcnow(), origin=origin, method=method
+    )
+
+
 async def create(exchange: Exchange, rtype: str, body: bytes) -> Written:
     access = exchange.authorised()
     if not access.may_create(rtype):
         raise forbidden()
     rules = effects.rules_for(rtype)
-    resource = parse_body(body, expected_type=rtype)
-    effects.check_essentials(rtype, resource)
-    validate(resource, rules=rules.structural)
+    runtime = exchange.runtime
+    resource = await cpu_bound(runtime, len(body), _checked, rtype, body, rules)
     _refuse_client_origin(rtype, resource)
     resource.pop("id", None)  # the hub assigns the id
     resource = await rules.before_write(exchange, resource, None)
     origin = access.caller.client_id
     with_origin(resource, origin)
-    refuse_unstorable(resource)
-    new = resources.prepare(
-        exchange.domain,
-        resource,
-        id=new_id(),
-        version_id=1,
-        now=utcnow(),
-        origin=origin,
-        method="POST",
-    )
+    new = await cpu_bound(
+        runtime, len(body), _versioned, exchange.domain, resource,
+        id=new_id(), version_id=1, origin=origin, method="POST",
+    )  # fmt: skip
     return await _commit(exchange, new, status=201)
 
 
@@ -205,7 +230,8 @@ async def update(
     rules = effects.rules_for(rtype)
     if rules.append_only:
         raise append_only(rtype)
-    current = await exchange.runtime.database.read(resources.current(exchange.domain, rtype, id))
+    runtime = exchange.runtime
+    current = await runtime.database.read(resources.current(exchange.domain, rtype, id))
     if current is None:
         raise not_found(f"{rtype}/{id} does not exist")
     if not access.allows("update", rtype, current.origin):
@@ -213,14 +239,8 @@ async def update(
     if current.deleted:
         raise gone(rtype, id)
     expected_version = _parse_if_match(if_match)
-    resource = parse_body(body, expected_type=rtype)
-    if resource.get("id") != id:
-        raise bad_request(
-            f"The resource id ({resource.get('id')!r}) must equal the id in the URL ({id!r})",
-            f"{rtype}.id",
-        )
-    validate(resource, rules=rules.structural)
-    previous = jsonio.loads(current.content)
+    resource = await cpu_bound(runtime, len(body), _checked, rtype, body, rules, id=id)
+    previous = await cpu_bound(runtime, len(current.content), jsonio.loads, current.content)
     stored_origins = origin_references(previous)
     supplied_origins = origin_references(resource)
     if supplied_origins and supplied_origins != stored_origins:
@@ -228,16 +248,10 @@ async def update(
     if not supplied_origins and current.origin is not None:
         with_origin(resource, current.origin)
     resource = await rules.before_write(exchange, resource, previous)
-    refuse_unstorable(resource)
-    new = resources.prepare(
-        exchange.domain,
-        resource,
-        id=id,
-        version_id=expected_version + 1,
-        now=utcnow(),
-        origin=current.origin,
-        method="PUT",
-    )
+    new = await cpu_bound(
+        runtime, len(body), _versioned, exchange.domain, resource,
+        id=id, version_id=expected_version + 1, origin=current.origin, method="PUT",
+    )  # fmt: skip
     return await _commit(exchange, new, status=200)
 
 

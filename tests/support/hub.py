@@ -31,6 +31,7 @@ import yaml
 from starlette.applications import Starlette
 
 from hub.access.assertion import CLIENT_ASSERTION_TYPE, generate_app_keypair, make_client_assertion
+from hub.api.connections import GuardedHttpToolsProtocol
 from hub.app import create_app
 from hub.runtime import Runtime
 from hub.settings import Settings
@@ -195,7 +196,7 @@ def running_hub(settings: Settings, keys: Mapping[str, AppKeys]) -> Iterator[Hub
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     settings = replace(settings, public_url=url)
     app = create_app(settings)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", http=GuardedHttpToolsProtocol)
     server = uvicorn.Server(config)
     failure: list[BaseException] = []
 
