@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from hub import trace
 from hub.api.auth import authenticate
+from hub.api.disconnect import while_connected
 from hub.api.errors import internal_error, timed_out
 from hub.api.limits import count_refusal, rate_limits, refused_gate, write_gate
 from hub.api.refusals import public_exchange
@@ -299,7 +300,7 @@ async def type_endpoint(request: Request) -> Response:
     return await perform(
         request,
         "search-type",
-        lambda ex: _search(ex, rtype, params, request.url.query),
+        lambda ex: _search(request, ex, rtype, params, request.url.query),
         rtype=rtype,
     )
 
@@ -332,7 +333,7 @@ async def search_post(request: Request) -> Response:
         params += parse_qsl(body, keep_blank_values=True)
         query_string = "&".join(filter(None, (request.url.query, body)))
         try:
-            return await _search(exchange, rtype, params, query_string)
+            return await _search(request, exchange, rtype, params, query_string)
         except FhirError as error:
             # The body is part of what was asked: the refusal names it too.
             raise _Refused(error, (query_entity(query_string),)) from error
@@ -341,10 +342,16 @@ async def search_post(request: Request) -> Response:
 
 
 async def _search(
-    exchange: Exchange, rtype: str, params: list[tuple[str, str]], query_string: str
+    request: Request,
+    exchange: Exchange,
+    rtype: str,
+    params: list[tuple[str, str]],
+    query_string: str,
 ) -> Answer:
+    """The search, cancelled with its query if the client goes (its body is read by now)."""
     try:
-        return _listed(await reads.search(exchange, rtype, params, query_string))
+        listed = await while_connected(request, reads.search(exchange, rtype, params, query_string))
+        return _listed(listed)
     except Timeout as timeout:
         raise timed_out(timeout.seconds, search=True) from timeout
 

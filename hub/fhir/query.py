@@ -164,6 +164,11 @@ class Query:
     summary: Literal["count"] | None = None
     cursor: str | None = None
 
+    @property
+    def size(self) -> int:
+        """How many values its clauses hold in all (at least one each): what its SQL costs."""
+        return sum(max(1, len(clause.innermost.values)) for clause in self.clauses)
+
     def canonical_params(self) -> list[tuple[str, str]]:
         """The query as `(name, value)` pairs, escaped, without `_cursor`.
 

@@ -35,6 +35,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ from typing import Any, TypeVar
 import asyncpg
 from sqlalchemy.engine import URL, make_url
 
-from hub.store.sql import Conflict, Execute, Result, WhichDialect, Work
+from hub.store.sql import Compiled, Conflict, Execute, Result, Step, WhichDialect, Work
 
 log = logging.getLogger("hub.store")
 
@@ -119,8 +120,7 @@ def drive_sync(connection: sqlite3.Connection, work: Work[T]) -> T:
         return stop.value  # type: ignore[no-any-return]
 
 
-async def _run_postgres(connection: Any, step: Execute) -> Result:
-    compiled = step.compiled("postgresql")
+async def _run_postgres(connection: Any, step: Execute, compiled: Compiled) -> Result:
     try:
         if step.many is not None:
             await connection.executemany(
@@ -142,23 +142,58 @@ async def _run_postgres(connection: Any, step: Execute) -> Result:
     return Result([], int(last) if last.isdigit() else 0)
 
 
-async def drive_async(connection: Any, work: Work[T]) -> T:
-    """Run a unit of work to its end on an asyncpg connection."""
+@dataclass(frozen=True)
+class _Next:
+    """The unit's next step, compiled for PostgreSQL; or, when it has ended, its value."""
+
+    step: Step | None = None
+    compiled: Compiled | None = None
+    value: Any = None
+
+
+def _resume(work: Work[Any], started: bool, value: Any, error: Exception | None) -> _Next:
+    """Run the unit's own Python up to its next statement (built and compiled) or its end.
+
+    Never raises StopIteration: that cannot cross a thread's future.
+    """
     try:
-        step = next(work)
-        while True:
-            try:
-                value: Any = (
-                    "postgresql"
-                    if isinstance(step, WhichDialect)
-                    else await _run_postgres(connection, step)
-                )
-            except Exception as exc:
-                step = work.throw(exc)
-            else:
-                step = work.send(value)
+        if not started:
+            step = next(work)
+        elif error is not None:
+            step = work.throw(error)
+        else:
+            step = work.send(value)
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        return _Next(value=stop.value)
+    compiled = step.compiled("postgresql") if isinstance(step, Execute) else None
+    return _Next(step, compiled)
+
+
+async def drive_async(connection: Any, work: Work[T], *, off_loop: bool = False) -> T:
+    """Run a unit of work to its end on an asyncpg connection.
+
+    With `off_loop` the unit's own Python (building and compiling its statements) runs
+    in a thread, for units that cost the event loop too long: a search at the limits of
+    hub.fhir.query takes about 100 ms to build and compile.
+    """
+    started, error = False, None
+    value: Any = None
+    while True:
+        if off_loop:
+            following = await asyncio.to_thread(_resume, work, started, value, error)
+        else:
+            following = _resume(work, started, value, error)
+        if following.step is None:
+            return following.value  # type: ignore[no-any-return]
+        started, value, error = True, None, None
+        try:
+            if following.compiled is None:
+                value = "postgresql"  # WhichDialect
+            else:
+                assert isinstance(following.step, Execute)
+                value = await _run_postgres(connection, following.step, following.compiled)
+        except Exception as exc:  # the unit may handle it (e.g. a Conflict)
+            error = exc
 
 
 class _Cancelled(Exception):
@@ -172,6 +207,37 @@ class _Pending:
 
 
 Outcome = tuple[bool, Any]  # (committed, value) or (False, the exception)
+
+
+class _Reading:
+    """A read unit's connection while it runs, so that a cancelled caller can interrupt it.
+
+    `sqlite3.Connection.interrupt` may be called from any thread; the lock makes sure it
+    reaches this unit's statements, never a later unit's on the same connection.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._cancelled = False
+
+    @contextlib.contextmanager
+    def on(self, connection: sqlite3.Connection) -> Iterator[None]:
+        with self._lock:
+            if self._cancelled:
+                raise sqlite3.OperationalError("interrupted")  # cancelled before it began
+            self._connection = connection
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._connection = None
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            if self._connection is not None:
+                self._connection.interrupt()
 
 
 class _Sqlite:
@@ -250,15 +316,22 @@ class _Sqlite:
             return [(False, exc)] * len(works)
         return outcomes
 
-    async def read(self, work: Work[T]) -> T:
+    async def read(self, work: Work[T], *, costly: bool = False) -> T:
+        # `costly` changes nothing here: every read already runs in a reader thread.
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._read, work)
+        reading = _Reading()
+        try:
+            return await loop.run_in_executor(self._readers, self._read, work, reading)
+        except asyncio.CancelledError:
+            reading.interrupt()  # the caller has gone: stop the statement in flight
+            raise
 
-    def _read(self, work: Work[T]) -> T:
+    def _read(self, work: Work[T], reading: _Reading) -> T:
         connection = self._connection(reader=True)
         connection.execute("BEGIN")  # one snapshot for the whole unit
         try:
-            return drive_sync(connection, work)
+            with reading.on(connection):
+                return drive_sync(connection, work)
         finally:
             connection.execute("ROLLBACK")
 
@@ -313,14 +386,14 @@ class _Postgres:
         except _Cancelled as exc:
             raise Timeout(self._statement_timeout) from exc
 
-    async def read(self, work: Work[T]) -> T:
+    async def read(self, work: Work[T], *, costly: bool = False) -> T:
         pool = await self.pool()
         try:
             async with (
                 pool.acquire() as connection,
                 connection.transaction(isolation="repeatable_read", readonly=True),
             ):
-                return await drive_async(connection, work)
+                return await drive_async(connection, work, off_loop=costly)
         except _Cancelled as exc:
             raise Timeout(self._statement_timeout) from exc
 
@@ -379,9 +452,14 @@ class Database:
         """Run `work` as a write; returns once it is committed (or raises what it raised)."""
         return await self._backend.write(work)
 
-    async def read(self, work: Work[T]) -> T:
-        """Run `work` in one read-only snapshot (`Timeout` when PostgreSQL cancels a statement)."""
-        return await self._backend.read(work)
+    async def read(self, work: Work[T], *, costly: bool = False) -> T:
+        """Run `work` in one read-only snapshot (`Timeout` when PostgreSQL cancels a statement).
+
+        A `costly` unit (a large search) builds its statements off the event loop. When
+        the caller is cancelled (its client went away) the statement in flight is
+        cancelled too: asyncpg asks the server to, and SQLite's is interrupted.
+        """
+        return await self._backend.read(work, costly=costly)
 
     async def dispose(self) -> None:
         await self._backend.dispose()

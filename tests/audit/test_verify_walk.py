@@ -82,9 +82,9 @@ async def test_events_appended_during_the_walk_are_walked_too(database: Database
     read = database.read
     appended = False
 
-    async def appending(work: Work[Any]) -> Any:
+    async def appending(work: Work[Any], *, costly: bool = False) -> Any:
         nonlocal appended
-        found = await read(work)
+        found = await read(work, costly=costly)
         if not appended:  # after the first page: another process writes two more events
             appended = True
             await _append(database, 2)

@@ -31,7 +31,7 @@ from hub.fhir import jsonio
 from hub.fhir.outcome import FhirError
 from hub.store import resources
 from hub.store.audit import LINKS, append_events
-from hub.store.db import Database
+from hub.store.db import SQLITE_READERS, Database
 from hub.store.index import INDEX_TABLES, RESOURCES
 from hub.store.resources import VERSIONS, NewVersion, StoredRow
 from hub.store.sql import Conflict, Work, dialect, execute
@@ -341,4 +341,86 @@ async def test_a_postgres_burst_queues_for_the_pool_instead_of_opening_more(
         assert await _connections_to(database_url) == 2
     finally:
         released.set()
+        await database.dispose()
+
+
+def _endless() -> Work[None]:
+    """A statement that runs until it is stopped (a minute on PostgreSQL)."""
+    backend = yield from dialect()
+    if backend == "postgresql":
+        yield from execute(text("SELECT pg_sleep(60)"))
+    else:
+        yield from execute(
+            text(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c)"
+                " SELECT count(*) FROM c"
+            )
+        )
+
+
+async def _sleeping_statements(url: str) -> int:
+    parts = make_url(url)
+    watcher = await asyncpg.connect(
+        host=parts.host, port=parts.port, user=parts.username, database="postgres"
+    )
+    try:
+        count = await watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active'"
+            " AND query LIKE 'SELECT pg_sleep(60)%'",
+            parts.database,
+        )
+    finally:
+        await watcher.close()
+    assert isinstance(count, int)
+    return count
+
+
+async def test_a_cancelled_read_stops_its_statement(database: Database, database_url: str) -> None:
+    # As many endless reads as there are SQLite reader threads: only if cancelling them
+    # stops their statements is there a reader left for the next unit.
+    readers = [asyncio.create_task(database.read(_endless())) for _ in range(SQLITE_READERS)]
+    await asyncio.sleep(0.5)
+    if database.is_postgres:
+        assert await _sleeping_statements(database_url) == SQLITE_READERS
+    for reader in readers:
+        reader.cancel()
+    for reader in readers:
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+    assert await asyncio.wait_for(database.read(_patients()), timeout=10) == 0
+    if database.is_postgres:
+        deadline = time.monotonic() + 10
+        while await _sleeping_statements(database_url):
+            assert time.monotonic() < deadline, "the cancelled statements still run"
+            await asyncio.sleep(0.05)
+
+
+def _threads_of_a_unit(seen: list[int]) -> Work[int]:
+    """Records the thread its own Python runs in, around two statements and a failing one."""
+    seen.append(threading.get_ident())
+    yield from execute(text("SELECT 1"))
+    seen.append(threading.get_ident())
+    try:
+        yield from execute(text("SELECT * FROM no_such_table"))
+    except Exception:  # the unit handles its own failure, as units may
+        seen.append(threading.get_ident())
+    return 7
+
+
+async def test_a_costly_unit_builds_its_statements_off_the_event_loop(
+    database_url: str,
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite units run in a reader thread anyway")
+    database = Database(database_url)
+    loop_thread = threading.get_ident()
+    try:
+        on_loop: list[int] = []
+        assert await database.write(_threads_of_a_unit(on_loop)) == 7
+        assert on_loop == [loop_thread] * 3
+        off_loop: list[int] = []
+        assert await database.read(_threads_of_a_unit(off_loop), costly=True) == 7
+        assert len(off_loop) == 3
+        assert loop_thread not in off_loop
+    finally:
         await database.dispose()
