@@ -6,13 +6,19 @@ It starts, on loopback and in a temporary directory that is removed afterwards:
 2. the hub (`hub serve`: SQLite, the demo apps of examples/apps.yaml), told to trust
    the portal's local CA (HUB_CA_BUNDLE), to notify loopback addresses
    (HUB_WEBHOOK_ALLOW_NETWORKS) and to mail through the catcher (HUB_SMTP_URL);
-3. the demo patient portal (examples/portal as `portal-demo`) on
-   https://127.0.0.1:8443, which subscribes to `Communication?category=melding`.
+3. a push service stand-in (examples/portal/push_catcher.py): HTTPS on loopback, in
+   place of the browser vendor's push service, which an offline demo cannot reach;
+4. the demo patient portal (examples/portal as `portal-demo`) on
+   https://127.0.0.1:8443, which subscribes to `Communication?category=melding` and
+   pushes to its patients' devices through the stand-in.
 
-Then the demo XIS (`epd-demo`) registers a patient and sends her a notification with
-an attachment, and the demo prints what happened: the webhook notification the portal
-got and what it fetched, the e-mail the catcher got, the patient's inbox, and the
-trace chain of AuditEvents as the auditor (`auditor-demo`) finds them by X-Trace-Id.
+Then the patient allows notifications in her inbox (the demo plays her browser: it
+makes the browser's push keys and hands the portal the subscription, as the page's
+script does), the demo XIS (`epd-demo`) registers her and sends her a notification
+with an attachment, and the demo prints what happened: the webhook notification the
+portal got and what it fetched, the e-mail the catcher got, the push the portal sent
+her browser, the patient's inbox, and the trace chain of AuditEvents as the auditor
+(`auditor-demo`) finds them by X-Trace-Id.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ import httpx
 
 from examples.mailcatcher import CaughtMail, MailCatcher
 from examples.portal.app import Notification, Portal, PortalConfig
+from examples.portal.push import PushConfig, PushResult
+from examples.portal.push_catcher import CaughtPush, DemoBrowser, PushCatcher, VapidToken
 from examples.portal.server import Certificate, listening_socket, local_certificate, running_portal
 from hub.access.assertion import CLIENT_ASSERTION_TYPE, make_client_assertion
 from hub.rules.bsn import BSN_SYSTEM
@@ -73,10 +81,11 @@ def main() -> int:
         try:
             certificate = local_certificate(directory / "portal-tls", "127.0.0.1", "localhost")
             catcher = stack.enter_context(MailCatcher())
+            push_service = stack.enter_context(PushCatcher(directory / "push-tls"))
             hub_url = stack.enter_context(hub_process(directory, certificate, catcher.url))
-            portal = Portal(portal_config(hub_url, certificate))
+            portal = Portal(portal_config(hub_url, certificate, directory, push_service))
             stack.enter_context(running_portal(portal, portal_socket))
-            run(hub_url, portal, catcher, certificate)
+            run(hub_url, portal, catcher, push_service, certificate)
         except (DemoFailed, RuntimeError, TimeoutError, httpx.HTTPError) as exc:
             print(f"\ndemo: FAILED: {exc}\n{_tail(directory / 'hub.log')}", file=sys.stderr)
             return 1
@@ -84,7 +93,13 @@ def main() -> int:
     return 0
 
 
-def run(hub_url: str, portal: Portal, catcher: MailCatcher, certificate: Certificate) -> None:
+def run(
+    hub_url: str,
+    portal: Portal,
+    catcher: MailCatcher,
+    push_service: PushCatcher,
+    certificate: Certificate,
+) -> None:
     fhir = f"{hub_url}/{DOMAIN}/fhir"
     print("== Koppeltaal Hub demo ==")
     print(f"hub     {hub_url}  (SQLite in a temporary directory)")
@@ -93,12 +108,20 @@ def run(hub_url: str, portal: Portal, catcher: MailCatcher, certificate: Certifi
         f"{portal.config.criteria})"
     )
     print(f"mail    {catcher.url}  (a local SMTP catcher)")
+    print(f"push    {push_service.origin}  (a local stand-in for the browser's push service)")
 
+    browser = DemoBrowser()
+    allow_notifications(browser, push_service, certificate)
+    print(
+        f"\n1. The patient opens her inbox ({PORTAL_URL}/patients/{BSN}) and allows "
+        "notifications:\n   her browser subscribes at its push service and the portal keeps "
+        "the subscription"
+    )
     with httpx.Client(base_url=fhir, timeout=15) as http:
         xis = {"Authorization": f"Bearer {token(http, hub_url, 'epd-demo')}"}
         patient = created(http.post("/Patient", json=registered_patient(), headers=xis))
         print(
-            f"\n1. The XIS (epd-demo) registers the patient with BSN {BSN} and e-mail "
+            f"2. The XIS (epd-demo) registers the patient with BSN {BSN} and e-mail "
             f"{PATIENT_EMAIL}: Patient/{patient['id']}"
         )
         trace_id, request_id = f"demo-{uuid.uuid4().hex[:12]}", f"epd-{uuid.uuid4().hex[:12]}"
@@ -110,7 +133,7 @@ def run(hub_url: str, portal: Portal, catcher: MailCatcher, certificate: Certifi
             )
         )
         print(
-            f"2. The XIS sends a notification: POST Communication -> 201 "
+            f"3. The XIS sends a notification: POST Communication -> 201 "
             f"Communication/{communication['id']}"
         )
         print(f"   X-Request-Id: {request_id}\n   X-Trace-Id:   {trace_id}")
@@ -119,6 +142,11 @@ def run(hub_url: str, portal: Portal, catcher: MailCatcher, certificate: Certifi
         print_notification(handled)
         [mail] = catcher.wait_for(1, timeout=60)
         print_mail(mail)
+        [outcome] = portal.wait_for_pushes(1, timeout=60)
+        if outcome.result is not PushResult.DELIVERED:
+            raise DemoFailed(f"the push was not delivered: {outcome}")
+        [push] = push_service.wait_for(1, timeout=10)
+        print_push(push, browser, push_service)
         print_inbox(certificate)
         auditor = {"Authorization": f"Bearer {token(http, hub_url, 'auditor-demo')}"}
         events = trace_chain(http, auditor, trace_id, handled)
@@ -183,7 +211,9 @@ def _wait_until_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise DemoFailed("the hub did not become ready within 60 s")
 
 
-def portal_config(hub_url: str, certificate: Certificate) -> PortalConfig:
+def portal_config(
+    hub_url: str, certificate: Certificate, directory: Path, push_service: PushCatcher
+) -> PortalConfig:
     return PortalConfig(
         fhir_base=f"{hub_url}/{DOMAIN}/fhir",
         client_id="portal-demo",
@@ -192,7 +222,27 @@ def portal_config(hub_url: str, certificate: Certificate) -> PortalConfig:
         public_url=PORTAL_URL,
         certfile=certificate.certfile,
         keyfile=certificate.keyfile,
+        push=PushConfig(
+            state_dir=directory / "portal-state",  # its VAPID key is made here
+            subject="mailto:portal-demo@example.com",
+            push_hosts=("127.0.0.1",),  # the stand-in
+            ca_bundle=push_service.ca_bundle,
+        ),
     )
+
+
+def allow_notifications(
+    browser: DemoBrowser, push_service: PushCatcher, certificate: Certificate
+) -> None:
+    """What the inbox page's script does once the patient allowed notifications."""
+    trust = ssl.create_default_context(cafile=str(certificate.ca_bundle))
+    with httpx.Client(base_url=PORTAL_URL, verify=trust, timeout=15) as page:
+        # The page subscribes with the portal's VAPID public key (applicationServerKey).
+        page.get("/push/public-key").raise_for_status()
+        subscription = browser.subscription(push_service.endpoint())
+        stored = page.post(f"/patients/{BSN}/push-subscriptions", json=subscription)
+    if stored.status_code != 201:
+        raise DemoFailed(f"the portal did not keep the subscription: {stored.text}")
 
 
 def token(http: httpx.Client, hub_url: str, client_id: str) -> str:
@@ -287,6 +337,23 @@ def print_mail(mail: CaughtMail) -> None:
         print(f"{name}: {message[name]}")
     print()
     print("\n".join(f"  {line}" for line in mail.text.strip().splitlines()))
+
+
+def print_push(push: CaughtPush, browser: DemoBrowser, push_service: PushCatcher) -> None:
+    print("\n== The push the portal sent the patient's browser ==")
+    print(f"POST {push_service.origin}{push.path}  (the push service stand-in answered 201)")
+    for name in ("TTL", "Urgency", "Topic", "Content-Encoding"):
+        print(f"  {name}: {push.header(name)}")
+    token = VapidToken.read(push.header("Authorization") or "")
+    print(
+        f"  Authorization: vapid t=<JWT signed with the portal's VAPID key: "
+        f"aud {token.claims['aud']}, sub {token.claims['sub']}>, k={token.public_key[:16]}…"
+    )
+    print(f"  body: {len(push.body)} bytes, encrypted to the browser's key (RFC 8291)")
+    message = browser.open(push)
+    print("The browser decrypts it; the portal's service worker shows:")
+    print(f"  {message['title']}\n  {message['body']}")
+    print(f"  (a click opens {PORTAL_URL}{message['url']})")
 
 
 def print_inbox(certificate: Certificate) -> None:

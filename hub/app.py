@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -36,9 +37,10 @@ from hub.access.apps import AccessConfig
 from hub.access.jwks_cache import JwksCache
 from hub.access.keys import SigningKeys
 from hub.access.ratelimit import RateLimits
-from hub.api import fhir, oauth
+from hub.api import console, fhir, metrics, oauth, operations
 from hub.api.connections import STATE_KEY, ConnectionGuard, ConnectionLimits
 from hub.api.errors import ErrorMiddleware, fhir_error, http_error
+from hub.api.telemetry import TelemetryMiddleware
 from hub.api.trace import TraceMiddleware
 from hub.audit.chain import load_or_create_key
 from hub.audit.writer import AuditWriter
@@ -238,11 +240,47 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         yield {STATE_KEY: ConnectionGuard(ConnectionLimits.from_settings(settings))}
 
 
-async def run_worker(settings: Settings) -> None:
+@asynccontextmanager
+async def _worker_metrics(runtime: Runtime, address: tuple[str, int]) -> AsyncIterator[None]:
+    """`GET /metrics` of a worker on `address`: uvicorn in a thread with a loop of its own.
+
+    In a thread, uvicorn leaves the process's signals to the worker.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(
+        metrics.worker_app(runtime, asyncio.get_running_loop()),
+        host=address[0],
+        port=address[1],
+        lifespan="off",
+        log_config=None,  # the worker's logging stays as it is
+        access_log=False,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="hub-worker-metrics", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(
+                f"the worker's metrics could not listen on {address[0]}:{address[1]}"
+            )
+        await asyncio.sleep(0.02)
+    log.info("worker metrics on http://%s:%d/metrics", *address)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, 5)
+
+
+async def run_worker(settings: Settings, *, metrics_address: tuple[str, int] | None = None) -> None:
     """`hub worker`: delivery and housekeeping, no HTTP server, until SIGTERM or SIGINT.
 
     On the signal it stops claiming and lets the deliveries in flight finish
     (`Dispatcher.stop`); their rows are leased anyway, should it be killed meanwhile.
+    With `metrics_address`, it serves `GET /metrics` there (its counters, and the
+    database's figures).
     """
     if settings.serves_api:
         raise ValueError(f"run_worker needs the worker role, not {settings.role!r}")
@@ -252,7 +290,10 @@ async def run_worker(settings: Settings) -> None:
     for signum in signals:
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with running(settings) as runtime:
+        async with contextlib.AsyncExitStack() as stack:
+            runtime = await stack.enter_async_context(running(settings))
+            if metrics_address is not None:
+                await stack.enter_async_context(_worker_metrics(runtime, metrics_address))
             log.info(
                 "Koppeltaal Hub %s worker ready: delivering from %s (pid %d)",
                 runtime.version,
@@ -273,10 +314,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *metrics.routes,
             *oauth.routes,
+            # Before the REST routes, whose `{rtype}/{id}` would take `AuditEvent/$chain-head`.
+            *operations.routes,
             *fhir.routes,
+            *console.routes,
         ],
-        middleware=[Middleware(TraceMiddleware), Middleware(ErrorMiddleware)],
+        # Outermost, the access line and request metrics: it sees every answer, the trace
+        # middleware's own 400 included.
+        middleware=[
+            Middleware(TelemetryMiddleware),
+            Middleware(TraceMiddleware),
+            Middleware(ErrorMiddleware),
+        ],
         exception_handlers={FhirError: fhir_error, HTTPException: http_error},
         lifespan=lifespan,
     )

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hub import logs
 from hub import settings as settings_module
+
+if TYPE_CHECKING:
+    from hub.preflight import Listener
 
 
 def _export_flags(args: argparse.Namespace, **extra: str | None) -> settings_module.Settings:
@@ -39,13 +47,53 @@ def _export_flags(args: argparse.Namespace, **extra: str | None) -> settings_mod
     return settings_module.from_env()
 
 
+def _cannot_start(
+    settings: settings_module.Settings, wait_for_db: float, listener: Listener | None = None
+) -> bool:
+    """Check what the hub needs before starting it; say what is wrong in one line if not.
+
+    The traceback of the cause only under `--log-level debug`.
+    """
+    from hub.preflight import StartupError, before_start
+
+    try:
+        asyncio.run(before_start(settings, wait_for_db=wait_for_db, listener=listener))
+    except StartupError as exc:
+        if settings.log_level == "debug":
+            traceback.print_exception(exc)
+        print(f"hub: cannot start: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
+def _share_counters(workers: int, settings: settings_module.Settings) -> None:
+    """Several worker processes on one port: they count in one directory (`hub.metrics`).
+
+    A fresh one per `hub serve`, removed when it ends, unless PROMETHEUS_MULTIPROC_DIR
+    names one already (its owner then empties it before each start).
+    """
+    if workers <= 1 or settings.metrics_dir is not None:
+        return
+    directory = tempfile.mkdtemp(prefix="hub-metrics-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    settings = _export_flags(args, HUB_ROLE=args.role)
+    settings = _export_flags(
+        args, HUB_ROLE=args.role, HUB_LOG_LEVEL=args.log_level, HUB_LOG_FORMAT=args.log_format
+    )
     if not settings.serves_api:
         print("hub: HUB_ROLE=worker serves no HTTP; run `hub worker`", file=sys.stderr)
         return 2
+    from hub.preflight import Listener
+
+    listener = Listener(args.host, args.port, args.ssl_certfile, args.ssl_keyfile)
+    if _cannot_start(settings, args.wait_for_db, listener):
+        return 2
+    _share_counters(args.workers, settings)
     from hub.api.connections import GuardedHttpToolsProtocol
 
     uvicorn.run(
@@ -60,32 +108,45 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         proxy_headers=args.proxy_headers,
         server_header=False,
+        # Every process uvicorn starts applies it: the hub's lines and uvicorn's alike.
+        log_config=logs.dict_config(settings.log_level, settings.log_format),
     )
     return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
-    import logging
-
     from hub.app import run_worker
 
-    settings = _export_flags(args, HUB_ROLE="worker")
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    settings = _export_flags(
+        args, HUB_ROLE="worker", HUB_LOG_LEVEL=args.log_level, HUB_LOG_FORMAT=args.log_format
     )
-    # A line per job run is noise; its warnings and errors still show.
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
-    asyncio.run(run_worker(settings))
+    logs.configure(settings.log_level, settings.log_format)
+    listener = None
+    if args.metrics_port is not None:
+        from hub.preflight import Listener
+
+        listener = Listener(args.metrics_host, args.metrics_port)
+    if _cannot_start(settings, args.wait_for_db, listener):
+        return 2
+    address = None if listener is None else (args.metrics_host, args.metrics_port)
+    asyncio.run(run_worker(settings, metrics_address=address))
     return 0
 
 
 def _db_upgrade(_args: argparse.Namespace) -> int:
     from hub.store.db import Database
     from hub.store.migrate import current_revision, upgrade
+    from hub.store.probe import Unreachable, probe
+
+    settings = settings_module.from_env()
+    try:
+        asyncio.run(probe(settings.database_url))
+    except Unreachable as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        return 2
 
     async def run() -> str | None:
-        database = Database(settings_module.from_env().database_url)
+        database = Database(settings.database_url)
         try:
             await upgrade(database)
             return await current_revision(database)
@@ -169,6 +230,67 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _has_trail(database: Any, settings: settings_module.Settings, domain: str) -> bool:
+    """Whether `domain` is one to verify: in the apps file, or with a chain in the database.
+
+    A domain removed from the apps file keeps its trail, and verifying it must work; a
+    name that is neither says "intact" about nothing, so it is refused.
+    """
+    from hub.access import ConfigError
+    from hub.access.apps import AccessConfig
+    from hub.store.audit import chain_head
+
+    try:
+        if domain in AccessConfig(settings.apps_file, settings.authz_matrix).registry.domains:
+            return True
+    except ConfigError:
+        pass  # the database decides alone
+    seq, _ = await database.read(chain_head(domain))
+    return bool(seq)
+
+
+def _has_schema(settings: settings_module.Settings) -> bool:
+    """The database answers and holds the hub's tables; if not, say so in one line."""
+    from hub.store.probe import Unreachable, masked, probe
+
+    try:
+        reached = asyncio.run(probe(settings.database_url))
+    except Unreachable as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        return False
+    if reached.revision is None:
+        print(
+            f"hub: {masked(settings.database_url)} holds no hub database (check HUB_DATABASE_URL)",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    """`hub config check`: every start-up check, without starting; exit 2 if one fails."""
+    from hub.preflight import Listener, check_all
+
+    settings = _export_flags(args)
+    listener = Listener(args.host, args.port, args.ssl_certfile, args.ssl_keyfile)
+    print(
+        f"ok   settings: role {settings.role}, public URL {settings.public_url}, "
+        f"logs {settings.log_format} from {settings.log_level}, "
+        f"/metrics {'behind HUB_METRICS_TOKEN' if settings.metrics_token else 'public'}"
+    )
+    verdicts = asyncio.run(check_all(settings, listener=listener))
+    for verdict in verdicts:
+        if verdict.ok:
+            print(f"ok   {verdict.text}")
+        else:
+            print(f"hub: {verdict.text}", file=sys.stderr)
+    failed = sum(not verdict.ok for verdict in verdicts)
+    if failed:
+        print(f"hub: {failed} problem(s); the hub would not start", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
     from hub.audit.verify import MissingChainKey, check_anchor, read_key, verify_domain
     from hub.store.db import Database
@@ -190,10 +312,14 @@ def _audit_verify(args: argparse.Namespace) -> int:
             )
             return 2
         anchor = (int(seq), digest)
+    if not _has_schema(settings):
+        return 2
 
-    async def run() -> tuple[list[str], tuple[int, str]]:
+    async def run() -> tuple[list[str], tuple[int, str]] | None:
         database = Database(settings.database_url, pool_size=1)
         try:
+            if not await _has_trail(database, settings, args.domain):
+                return None
             verdict = await verify_domain(database, args.domain, key)
             problems = list(verdict.problems)
             if anchor is not None:
@@ -203,7 +329,15 @@ def _audit_verify(args: argparse.Namespace) -> int:
         finally:
             await database.dispose()
 
-    problems, (head_seq, head_digest) = asyncio.run(run())
+    verified = asyncio.run(run())
+    if verified is None:
+        print(
+            f"hub: unknown domain {args.domain!r}: not in {settings.apps_file}, "
+            "and no audit trail in the database",
+            file=sys.stderr,
+        )
+        return 2
+    problems, (head_seq, head_digest) = verified
     for problem in problems:
         print(problem)
     if problems:
@@ -215,24 +349,193 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _known_domains(settings: settings_module.Settings) -> frozenset[str] | None:
+    """The domains of the apps file; None (said on stderr) when it cannot be read."""
+    from hub.access import ConfigError
+    from hub.access.apps import AccessConfig
+
+    try:
+        return frozenset(AccessConfig(settings.apps_file, settings.authz_matrix).registry.domains)
+    except ConfigError as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        return None
+
+
+def _when(moment: Any) -> str:
+    from hub.fhir.bundle import format_instant
+
+    return format_instant(moment) if moment is not None else "-"
+
+
+def _deliveries_list(args: argparse.Namespace) -> int:
+    """`hub deliveries list`: the pending notifications per Subscription and their state."""
+    from hub.interactions.subscription_state import Listed, overview
+    from hub.store.clock import utcnow
+    from hub.store.db import Database
+    from hub.store.delivery_state import rows
+    from hub.store.outbox import Entry
+
+    settings = settings_module.from_env()
+    domains = _known_domains(settings)
+    if domains is None:
+        return 2
+    if args.domain is not None and args.domain not in domains:
+        print(f"hub: unknown domain {args.domain!r} (not in {settings.apps_file})", file=sys.stderr)
+        return 2
+
+    async def run() -> tuple[list[Listed], list[Entry]]:
+        database = Database(settings.database_url, pool_size=1)
+        try:
+            listed = await database.read(
+                overview(domain=args.domain, subscription_id=args.subscription, now=utcnow())
+            )
+            each: list[Entry] = []
+            for item in listed if args.subscription else ():
+                each += await database.read(rows(item.queue.domain, args.subscription))
+            return listed, each
+        finally:
+            await database.dispose()
+
+    listed, each = asyncio.run(run())
+    if not listed:
+        print("nothing pending")
+        return 0
+    print("domain\tqueue\tstatus\tpending\tin-flight\tgave-up\toldest-pending\tnext-attempt\terror")
+    for item in listed:
+        queue = item.queue
+        name = f"Subscription/{queue.subscription_id}" if queue.subscription_id else queue.channel
+        columns = (
+            queue.domain, name, item.status or "-", str(queue.pending), str(queue.in_flight),
+            str(queue.gave_up), _when(queue.oldest_pending), _when(queue.next_attempt),
+            item.error or "-",
+        )  # fmt: skip
+        print("\t".join(columns))
+    for row in each:
+        print(
+            f"  row {row.pk}: {row.resource_type}/{row.resource_id}/_history/{row.version_id}"
+            f" {row.state}, {row.attempts} attempt(s), queued {_when(row.created_at)},"
+            f" next {_when(row.next_attempt_at)}, last error: {row.last_error or '-'}"
+        )
+    return 0
+
+
+def _operator() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def _deliveries_retry(args: argparse.Namespace) -> int:
+    """`hub deliveries retry`: make pending notifications due now, audited (as `$resend`)."""
+    from hub.audit.verify import MissingChainKey, read_key
+    from hub.interactions.subscription_state import NotRetried, retry_as_operator
+    from hub.store.db import Database
+    from hub.store.wake import Wake
+
+    settings = settings_module.from_env()
+    domains = _known_domains(settings)
+    if domains is None:
+        return 2
+    if args.domain not in domains:
+        print(f"hub: unknown domain {args.domain!r} (not in {settings.apps_file})", file=sys.stderr)
+        return 2
+    try:
+        key = read_key(settings.keys_dir)
+    except MissingChainKey as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        database = Database(settings.database_url, pool_size=1)
+        try:
+            count = await retry_as_operator(
+                database,
+                key,
+                domain=args.domain,
+                subscription_id=args.subscription,
+                operator=_operator(),
+                site=settings.site,
+            )
+            # SQLite: a datagram wakes the hub's dispatchers; PostgreSQL's heard the NOTIFY.
+            wake = Wake.for_database(database) if count else None
+            if wake is not None:
+                wake.send()
+                wake.close()
+            return count
+        finally:
+            await database.dispose()
+
+    try:
+        count = asyncio.run(run())
+    except NotRetried as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        return 1
+    which = f"Subscription/{args.subscription}" if args.subscription else f"domain {args.domain!r}"
+    print(f"{count} pending notification(s) of {which} made due now")
+    return 0
+
+
+def _logging_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--log-level",
+        choices=settings_module.LOG_LEVELS,
+        help="the least severe lines logged (overrides HUB_LOG_LEVEL, default info)",
+    )
+    command.add_argument(
+        "--log-format",
+        choices=settings_module.LOG_FORMATS,
+        help="text lines, or one JSON object a line (overrides HUB_LOG_FORMAT, default text)",
+    )
+
+
+def _wait_for_db_flag(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--wait-for-db",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep trying to reach the database this long at start-up (default: once)",
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("koppeltaal-hub")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hub", description="Koppeltaal Hub, a FHIR R4 subscription hub"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
         "serve", help="run the hub: the API, and delivery and housekeeping unless --role api"
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes serving the port (1); see README"
+    )
     serve.add_argument("--ssl-keyfile", help="TLS private key (PEM) to serve HTTPS")
     serve.add_argument("--ssl-certfile", help="TLS certificate chain (PEM)")
     serve.add_argument("--database-url", help="overrides HUB_DATABASE_URL")
     serve.add_argument("--apps", help="overrides HUB_APPS")
     serve.add_argument("--public-url", help="overrides HUB_PUBLIC_URL")
-    serve.add_argument("--log-level", default="info")
+    _logging_flags(serve)
+    _wait_for_db_flag(serve)
     serve.add_argument(
         "--proxy-headers", action="store_true", help="trust X-Forwarded-* from a reverse proxy"
     )
@@ -250,10 +553,35 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--database-url", help="overrides HUB_DATABASE_URL")
     worker.add_argument("--apps", help="overrides HUB_APPS")
     worker.add_argument("--public-url", help="overrides HUB_PUBLIC_URL")
+    _logging_flags(worker)
+    _wait_for_db_flag(worker)
     worker.add_argument(
-        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve GET /metrics (this worker's counters, the database's figures) on this port",
+    )
+    worker.add_argument(
+        "--metrics-host", default="127.0.0.1", help="with --metrics-port: the address (127.0.0.1)"
     )
     worker.set_defaults(run=_worker)
+
+    config = commands.add_parser("config", help="the hub's configuration").add_subparsers(
+        dest="config", required=True
+    )
+    check = config.add_parser(
+        "check",
+        help="check the settings, the apps file and matrix, the keys directory and the "
+        "database, without starting the hub (exit 2 if the hub would not start)",
+    )
+    check.add_argument("--database-url", help="overrides HUB_DATABASE_URL")
+    check.add_argument("--apps", help="overrides HUB_APPS")
+    check.add_argument("--public-url", help="overrides HUB_PUBLIC_URL")
+    check.add_argument("--host", default="127.0.0.1", help="with --port: the address to check")
+    check.add_argument("--port", type=int, help="also check that this port is free to listen on")
+    check.add_argument("--ssl-keyfile", help="also check this TLS private key (PEM)")
+    check.add_argument("--ssl-certfile", help="also check this TLS certificate chain (PEM)")
+    check.set_defaults(run=_config_check)
 
     db = commands.add_parser("db", help="database maintenance").add_subparsers(
         dest="db", required=True
@@ -264,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="keys", required=True
     )
     new = keys.add_parser("new", help="make an application key pair (PEM + public JWKS)")
-    new.add_argument("--client-id", required=True)
+    new.add_argument("--client-id", required=True, help="the application's client_id")
     new.add_argument("--kid", help="key id (default: <client-id>-1)")
     new.add_argument("--out", default=".", help="directory for the two files")
     new.set_defaults(run=_keys_new)
@@ -273,11 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     token = commands.add_parser("token", help="get an access token for a registered application")
-    token.add_argument("--domain", required=True)
-    token.add_argument("--client-id", required=True)
+    token.add_argument("--domain", required=True, help="the domain the app is registered in")
+    token.add_argument("--client-id", required=True, help="the application's client_id")
     token.add_argument("--key", required=True, help="the application's private key (PEM)")
     token.add_argument("--kid", help="key id in the app's JWKS (default: <client-id>-1)")
-    token.add_argument("--alg", default="RS512")
+    token.add_argument("--alg", default="RS512", help="the assertion's signing algorithm")
     token.add_argument("--scope", help="ask for less than the role grants")
     token.add_argument("--token-url", help="default: HUB_PUBLIC_URL/<domain>/oauth2/token")
     token.add_argument("--json", action="store_true", help="print the whole token response")
@@ -287,13 +615,35 @@ def build_parser() -> argparse.ArgumentParser:
         dest="audit", required=True
     )
     verify = audit.add_parser("verify", help="check a domain's AuditEvent hash chain")
-    verify.add_argument("--domain", required=True)
+    verify.add_argument("--domain", required=True, help="the domain whose chain to check")
     verify.add_argument(
         "--expect-head",
         metavar="SEQ:DIGEST",
         help="a head printed by an earlier verify: fail if the chain no longer contains it",
     )
     verify.set_defaults(run=_audit_verify)
+
+    deliveries = commands.add_parser(
+        "deliveries", help="the pending notifications: list them, or try them now"
+    ).add_subparsers(dest="deliveries", required=True)
+    listing = deliveries.add_parser(
+        "list", help="pending and given-up notifications per Subscription (and e-mail)"
+    )
+    listing.add_argument("--domain", help="only this domain (default: every domain)")
+    listing.add_argument(
+        "--subscription", metavar="ID", help="only this Subscription, with each of its rows"
+    )
+    listing.set_defaults(run=_deliveries_list)
+    retry = deliveries.add_parser(
+        "retry", help="make pending notifications due now (as $resend does), audited"
+    )
+    retry.add_argument("--domain", required=True, help="the domain of the notifications")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("--subscription", metavar="ID", help="this Subscription's notifications")
+    which.add_argument(
+        "--all", action="store_true", help="every pending notification of the domain"
+    )
+    retry.set_defaults(run=_deliveries_retry)
     return parser
 
 

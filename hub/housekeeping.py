@@ -80,23 +80,45 @@ async def end_subscriptions(runtime: Runtime) -> int:
 class Housekeeping:
     """The scheduled jobs of one process; `stop()` lets a job that is running finish.
 
-    APScheduler's own shutdown cancels a running coroutine job, which then logs a
-    traceback from the middle of a database call, just before the database closes.
+    Quiet, for an operator: APScheduler's own shutdown cancels a coroutine job that
+    is running (or was started a moment before and has not begun yet), which it
+    then logs as an error with a `CancelledError` traceback from the middle of a
+    database call, just before the database closes. So `stop()` pauses the
+    scheduler, lets every run it started begin and finish (or cancels one that
+    overruns `STOP_SECONDS`, saying so in one line), and only then shuts it down,
+    with nothing left to cancel. A run that fails is one line too (the traceback
+    under debug logging): the next run tries again.
     """
 
     def __init__(self) -> None:
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._running: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     def add(
         self, job: Callable[[Runtime], Awaitable[object]], runtime: Runtime, seconds: float
     ) -> None:
+        name = job.__name__
+
         async def run() -> None:
             task = asyncio.current_task()
             assert task is not None
             self._running.add(task)
             try:
                 await job(runtime)
+            except asyncio.CancelledError:
+                if not self._stopping:
+                    raise
+                log.warning(
+                    "%s did not finish within %g s of the stop: cancelled", name, STOP_SECONDS
+                )
+            except Exception as exc:
+                log.error(
+                    "%s failed: %s",
+                    name,
+                    str(exc) or type(exc).__name__,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
             finally:
                 self._running.discard(task)
 
@@ -108,6 +130,8 @@ class Housekeeping:
             name=job.__name__,
             max_instances=1,
             coalesce=True,
+            # However late a busy event loop starts a run, it runs: no "missed" warnings.
+            misfire_grace_time=None,
             next_run_time=datetime.now(UTC),
         )
 
@@ -116,10 +140,18 @@ class Housekeeping:
 
     async def stop(self) -> None:
         """Start no more runs; wait a few seconds for those under way (they are short)."""
+        self._stopping = True
         if self._scheduler.running:
             self._scheduler.pause()
+        # A run started just before the pause is a task that has not begun: one turn of
+        # the loop and it has, and is in `_running`.
+        await asyncio.sleep(0)
         if self._running:
-            await asyncio.wait(set(self._running), timeout=STOP_SECONDS)
+            _, overrunning = await asyncio.wait(set(self._running), timeout=STOP_SECONDS)
+            for task in overrunning:
+                task.cancel()
+            if overrunning:
+                await asyncio.wait(overrunning)
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 

@@ -20,6 +20,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # (`hub serve`), `api` = the API only (`hub serve --role api`), `worker` = delivery and
 # housekeeping without an HTTP server (`hub worker`).
 ROLES = ("all", "api", "worker")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 class SettingsError(ValueError):
@@ -79,6 +81,17 @@ class Settings:
     # Refused requests of callers without a valid token, per client address, before its
     # requests are answered 429 for the rest of the minute (audited once, not each).
     rate_limit_refused_per_minute: int = 60
+    # What the hub's log lines look like and how many there are (hub.logs): `text` for a
+    # terminal, `json` (one object a line) for a log shipper.
+    log_format: str = "text"
+    log_level: str = "info"
+    # A bearer secret `GET /metrics` requires; None: the metrics are public.
+    metrics_token: str | None = None
+    # Where the processes of `hub serve --workers N` keep their counters, so that a scrape
+    # of any of them reports them all (prometheus-client's multiprocess mode). Read from
+    # PROMETHEUS_MULTIPROC_DIR, the variable that library reads itself; `hub serve` sets
+    # it to a fresh directory when it starts several workers.
+    metrics_dir: Path | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -173,6 +186,43 @@ def _statement_timeout(env: Mapping[str, str], default: float) -> float:
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    """One of `choices` (case-insensitive), or `default` when unset."""
+    value = (env.get(name) or default).lower()
+    if value not in choices:
+        raise SettingsError(f"{name}: {env[name]!r} is not one of {', '.join(choices)}")
+    return value
+
+
+# A shorter secret can be guessed; spaces and control characters cannot travel in a header.
+_MIN_SECRET = 16
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """A bearer secret: None when unset; at least 16 visible ASCII characters otherwise.
+
+    The error never repeats the value: it is a secret.
+    """
+    value = env.get(name) or None
+    if value is None:
+        return None
+    if len(value) < _MIN_SECRET:
+        raise SettingsError(f"{name}: at least {_MIN_SECRET} characters, got {len(value)}")
+    if not all("!" <= character <= "~" for character in value):
+        raise SettingsError(f"{name}: only visible ASCII characters (no spaces)")
+    return value
+
+
+def _directory(env: Mapping[str, str], name: str) -> Path | None:
+    """An existing directory, or None when unset."""
+    value = env.get(name) or None
+    if value is None:
+        return None
+    if not Path(value).is_dir():
+        raise SettingsError(f"{name}: {value!r} is not a directory")
+    return Path(value)
+
+
 def _role(env: Mapping[str, str]) -> str:
     value = env.get("HUB_ROLE") or "all"
     if value not in ROLES:
@@ -256,4 +306,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         rate_limit_refused_per_minute=math.ceil(
             _rate(env, "HUB_RATE_LIMIT_REFUSED_PER_MINUTE", defaults.rate_limit_refused_per_minute)
         ),
+        log_format=_choice(env, "HUB_LOG_FORMAT", LOG_FORMATS, defaults.log_format),
+        log_level=_choice(env, "HUB_LOG_LEVEL", LOG_LEVELS, defaults.log_level),
+        metrics_token=_secret(env, "HUB_METRICS_TOKEN"),
+        metrics_dir=_directory(env, "PROMETHEUS_MULTIPROC_DIR"),
     )

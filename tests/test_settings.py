@@ -87,6 +87,11 @@ def test_the_role_says_what_a_process_runs(role: str, serves_api: bool, delivers
         ("HUB_BODY_TIMEOUT", "never", "not a number"),
         ("HUB_MAX_HEADER_BYTES", "-5", "greater than zero"),
         ("HUB_CONNECTIONS_PER_ADDRESS", "-1", "0 \\(no limit\\) or more"),
+        ("HUB_LOG_FORMAT", "xml", "not one of text, json"),
+        ("HUB_LOG_LEVEL", "verbose", "not one of critical, error, warning, info, debug"),
+        ("HUB_METRICS_TOKEN", "short", "at least 16 characters, got 5"),
+        ("HUB_METRICS_TOKEN", "sixteen chars or more", "only visible ASCII"),
+        ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/metrics", "not a directory"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, message: str) -> None:
@@ -131,3 +136,27 @@ def test_connection_limits() -> None:
     )
     assert (settings.header_timeout, settings.body_timeout) == (2.5, 60)
     assert (settings.max_header_bytes, settings.connections_per_address) == (16384, 0)
+
+
+def test_logs_and_metrics(tmp_path: Path) -> None:
+    defaults = from_env({})
+    assert (defaults.log_format, defaults.log_level) == ("text", "info")
+    assert defaults.metrics_token is None and defaults.metrics_dir is None
+    secret = "s3cret-0f-the-scraper"
+    settings = from_env(
+        {
+            "HUB_LOG_FORMAT": "JSON",
+            "HUB_LOG_LEVEL": "Debug",
+            "HUB_METRICS_TOKEN": secret,
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        }
+    )
+    assert (settings.log_format, settings.log_level) == ("json", "debug")
+    assert settings.metrics_token == secret
+    assert settings.metrics_dir == tmp_path
+
+
+def test_a_refused_secret_is_not_repeated() -> None:
+    with pytest.raises(SettingsError) as refused:
+        from_env({"HUB_METRICS_TOKEN": "tooshort"})
+    assert "tooshort" not in str(refused.value)

@@ -11,7 +11,11 @@ with the hub:
   portal searches what is new, its requests carrying X-Correlation-Id = the
   notification's X-Request-Id and the same X-Trace-Id, so the audit trail links them;
 - `/patients/<bsn>` is the patient's inbox (found with the hub's `patient-identifier`
-  search parameter), plain escaped HTML, with attachments to download.
+  search parameter), plain escaped HTML, with attachments to download;
+- the inbox offers push notifications on the patient's device (Web Push): the portal
+  keeps the browser's subscription and, for each new melding, pushes "you have a new
+  message" with the inbox's link, like the hub's e-mail (push.py, push_store.py, and
+  static/push.js and static/sw.js for the page).
 
 Run it with `python -m examples.portal --help`; `make demo` runs it with a hub.
 """

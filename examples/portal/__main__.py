@@ -8,6 +8,10 @@ makes a local CA and a certificate; the hub must trust that CA (HUB_CA_BUNDLE=
 var/portal-tls/portal-ca.pem, and HUB_WEBHOOK_ALLOW_NETWORKS=127.0.0.0/8 for a
 loopback portal) before it can notify the portal. Give --certfile/--keyfile to use a
 certificate of your own instead.
+
+Push notifications: the portal's VAPID key and the browsers' push subscriptions are
+kept in --state-dir (made on first start). It pushes only to the push services of the
+common browsers (Chrome, Firefox, Safari, Edge) unless --push-service names others.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from examples.portal.app import Portal, PortalConfig
+from examples.portal.push import PushConfig
+from examples.portal.push_store import KNOWN_PUSH_SERVICES
 from examples.portal.server import listening_socket, local_certificate, serve
 
 KEYS = Path(__file__).resolve().parents[1] / "keys"
@@ -36,6 +42,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--certfile", type=Path)
     parser.add_argument("--keyfile", type=Path)
     parser.add_argument("--tls-dir", type=Path, default=Path("var/portal-tls"))
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("var/portal"),
+        help="the VAPID key and the push subscriptions (default: var/portal)",
+    )
+    parser.add_argument(
+        "--vapid-subject",
+        default="mailto:portal-demo@example.com",
+        help="how push services reach the operator: a mailto: address or an https: URL",
+    )
+    parser.add_argument(
+        "--push-service",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="also push to this host (and its subdomains); repeatable",
+    )
+    parser.add_argument(
+        "--push-ca-bundle", type=Path, help="trust this CA (only) for push services"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -55,10 +82,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         public_url=args.public_url or f"https://{args.host}:{args.port}",
         certfile=certfile,
         keyfile=keyfile,
+        push=PushConfig(
+            state_dir=args.state_dir,
+            subject=args.vapid_subject,
+            push_hosts=(*KNOWN_PUSH_SERVICES, *args.push_service),
+            ca_bundle=args.push_ca_bundle,
+        ),
     )
     sock = listening_socket(args.host, args.port)
     print(f"portal: {config.public_url}/ (notifications at {config.endpoint})")
-    serve(Portal(config), sock)
+    try:
+        portal = Portal(config)
+    except ValueError as exc:  # e.g. a VAPID subject push services would refuse
+        parser.error(str(exc))
+    serve(portal, sock)
     return 0
 
 

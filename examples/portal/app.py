@@ -4,6 +4,12 @@ On start it subscribes to its criteria with a fresh shared secret in `channel.he
 A notification is checked against that secret, recorded, queued, and answered 204 at
 once; a worker then fetches what is new with the notification's trace (X-Correlation-Id
 = its X-Request-Id, the same X-Trace-Id), one notification at a time.
+
+With push configured (`PortalConfig.push`), a patient's inbox offers to notify this
+device of new messages: the page subscribes through the browser's push service and
+hands the portal the subscription; for each new melding the worker fetched, every
+subscription of its patient gets a Web Push message (examples/portal/push.py), in a
+task of its own, so a slow push service holds up neither the worker nor the others.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -24,11 +31,13 @@ from urllib.parse import parse_qsl, quote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from examples.portal import web
 from examples.portal.hub_client import HubClient, Trace
+from examples.portal.push import PushConfig, PushOutcome, PushSender, new_message
+from examples.portal.push_store import InvalidSubscription, PushSubscription, parse_subscription
 from hub.rules.bsn import BSN_SYSTEM, is_valid_bsn
 from hub.rules.notification import patient_bsn
 
@@ -40,6 +49,13 @@ _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # after a later one has been seen. Searching this far back from the newest version seen
 # (and skipping versions already known) catches such late arrivals.
 _LATE_COMMIT_MARGIN = timedelta(seconds=60)
+# A PushSubscription's JSON is a few hundred bytes; anything far larger is not one.
+_MAX_SUBSCRIPTION_BYTES = 8192
+# The opt-in script and the service worker: small files, read once.
+_SCRIPTS = {
+    name: (Path(__file__).resolve().parent / "static" / name).read_bytes()
+    for name in ("push.js", "sw.js")
+}
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,7 @@ class PortalConfig:
     keyfile: Path
     criteria: str = "Communication?category=melding"
     hub_verify: Any = True  # httpx `verify` for an https hub
+    push: PushConfig | None = None  # None: no push notifications, no scripts in the pages
 
     @property
     def endpoint(self) -> str:
@@ -92,6 +109,16 @@ class Portal:
         self._known: dict[str, str] = {}  # Communication id -> newest versionId seen
         self._watermark: datetime | None = None
         self._queue: asyncio.Queue[Notification] | None = None
+        # The VAPID key is made here on the first start (and kept in the state directory).
+        self.push = PushSender.open(config.push) if config.push is not None else None
+        self._pushes: list[PushOutcome] = []
+        self._push_tasks: set[asyncio.Task[None]] = set()
+        push_routes = [
+            Route("/push/public-key", self.push_public_key),
+            Route("/push.js", self.push_script),
+            Route("/sw.js", self.service_worker),
+            Route("/patients/{bsn}/push-subscriptions", self.subscribe, methods=["POST"]),
+        ]
         self.app = Starlette(
             routes=[
                 Route(NOTIFY_PATH, self.notified, methods=["POST"]),
@@ -100,6 +127,7 @@ class Portal:
                 Route("/register", self.register),
                 Route("/patients/{bsn}", self.inbox),
                 Route("/patients/{bsn}/messages/{id}/attachments/{index:int}", self.download),
+                *(push_routes if self.push is not None else ()),
             ],
             lifespan=self._lifespan,
         )
@@ -117,6 +145,18 @@ class Portal:
             ):
                 raise TimeoutError(f"the portal did not handle {count} notifications in time")
             return list(self._notifications)
+
+    @property
+    def pushes(self) -> list[PushOutcome]:
+        with self._changed:
+            return list(self._pushes)
+
+    def wait_for_pushes(self, count: int, timeout: float = 60.0) -> list[PushOutcome]:
+        """Block until `count` pushes are done (delivered, removed or given up)."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self._pushes) >= count, timeout):
+                raise TimeoutError(f"the portal did not finish {count} pushes in time")
+            return list(self._pushes)
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -136,9 +176,11 @@ class Portal:
         try:
             yield
         finally:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+            for task in (worker, *self._push_tasks):
+                task.cancel()
+            for task in (worker, *self._push_tasks):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.hub.aclose()
 
     # -- notifications ----------------------------------------------------------------
@@ -193,12 +235,79 @@ class Portal:
         found = await self.hub.search(resource_type, params, trace=trace)
         for resource in found:
             version = str(resource["meta"]["versionId"])
+            seen_before = resource["id"] in self._known
             if self._known.get(resource["id"]) != version:
                 self._known[resource["id"]] = version
                 notification.fetched.append(f"{resource_type}/{resource['id']}/_history/{version}")
+                if not seen_before:  # a new message; a new version of one is not
+                    await self._push_new_message(resource)
             updated = datetime.fromisoformat(resource["meta"]["lastUpdated"])
             self._watermark = max(self._watermark, updated - _LATE_COMMIT_MARGIN)
         notification.fetch_request_ids.extend(trace.sent)
+
+    # -- push notifications -----------------------------------------------------------
+
+    async def _push_new_message(self, resource: dict[str, Any]) -> None:
+        """Tell every device of the message's patient; each push runs as a task of its own."""
+        bsn = patient_bsn(resource)
+        if self.push is None or bsn is None:
+            return
+        try:
+            subscriptions = await asyncio.to_thread(self.push.store.of_patient, bsn)
+        except Exception:  # the inbox still shows the message; the e-mail still went out
+            log.exception("reading the push subscriptions failed")
+            return
+        for subscription in subscriptions:
+            task = asyncio.create_task(
+                self._push_one(self.push, bsn, subscription), name="portal-push"
+            )
+            self._push_tasks.add(task)
+            task.add_done_callback(self._push_tasks.discard)
+
+    async def _push_one(self, push: PushSender, bsn: str, subscription: PushSubscription) -> None:
+        try:
+            outcome = await push.deliver(bsn, subscription, new_message(bsn))
+        except Exception:  # a bug, not a push service's answer: log it, keep the portal up
+            log.exception("pushing to a subscription failed")
+            return
+        log.info("push %s after %d attempt(s)", outcome.result, outcome.attempts)
+        with self._changed:
+            self._pushes.append(outcome)
+            self._changed.notify_all()
+
+    async def push_public_key(self, request: Request) -> Response:
+        assert self.push is not None
+        return JSONResponse({"publicKey": self.push.public_key}, headers=web.API_HEADERS)
+
+    async def push_script(self, request: Request) -> Response:
+        return _script("push.js")
+
+    async def service_worker(self, request: Request) -> Response:
+        return _script("sw.js")
+
+    async def subscribe(self, request: Request) -> Response:
+        """Keep the browser's push subscription for this inbox's patient (the page's JSON)."""
+        assert self.push is not None
+        bsn = request.path_params["bsn"]
+        if not is_valid_bsn(bsn):
+            return _problem(404, "There is no inbox for that BSN.")
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return _problem(415, "Send the subscription as application/json.")
+        body = b""
+        async for chunk in request.stream():  # bounded: never more than the limit in memory
+            body += chunk
+            if len(body) > _MAX_SUBSCRIPTION_BYTES:
+                return _problem(413, f"A subscription is at most {_MAX_SUBSCRIPTION_BYTES} bytes.")
+        try:
+            document = json.loads(body)
+        except ValueError:  # not UTF-8, or not JSON
+            return _problem(400, "The body is not JSON.")
+        try:
+            subscription = parse_subscription(document, push_hosts=self.push.config.push_hosts)
+        except InvalidSubscription as exc:
+            return _problem(400, f"Not a push subscription: {exc}.")
+        await asyncio.to_thread(self.push.store.save, bsn, subscription)
+        return JSONResponse({"stored": True}, status_code=201, headers=web.API_HEADERS)
 
     # -- pages ------------------------------------------------------------------------
 
@@ -223,7 +332,10 @@ class Portal:
             [("patient-identifier", f"{BSN_SYSTEM}|{bsn}"), ("_sort", "-_lastUpdated")],
             trace=Trace(),
         )
-        return _html(web.inbox_page(bsn, communications))
+        if self.push is None:
+            return _html(web.inbox_page(bsn, communications))
+        page = web.inbox_page(bsn, communications, push=True)
+        return HTMLResponse(page, headers=web.PUSH_PAGE_HEADERS)
 
     async def download(self, request: Request) -> Response:
         bsn, id = request.path_params["bsn"], request.path_params["id"]
@@ -247,3 +359,13 @@ class Portal:
 
 def _html(content: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(content, status_code=status, headers=web.SECURITY_HEADERS)
+
+
+def _problem(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=web.API_HEADERS)
+
+
+def _script(name: str) -> Response:
+    return Response(
+        _SCRIPTS[name], media_type="text/javascript; charset=utf-8", headers=web.SCRIPT_HEADERS
+    )

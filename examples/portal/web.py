@@ -1,7 +1,9 @@
 """What the patient sees: plain server-rendered HTML, and attachments to download.
 
 Everything that came from the XIS is data, never markup: every value passes through
-`html.escape`, and the pages forbid scripts altogether (Content-Security-Policy). An
+`html.escape`, and the pages forbid scripts altogether (Content-Security-Policy), except
+the portal's own two when push notifications are on: the inbox's opt-in script and the
+service worker, both from the portal's origin (no inline script, no eval). An
 attachment is served with the content type the hub checked against its bytes, as a
 download (never rendered inline), under a file name that cannot reach outside the
 download folder nor pass for another kind of file.
@@ -42,6 +44,20 @@ SECURITY_HEADERS = {
     # Medical information: no copies in shared or browser caches.
     "Cache-Control": "no-store",
 }
+# The inbox with the push opt-in: scripts, fetches and the service worker from this
+# origin only; markup from the XIS still cannot run anything.
+PUSH_PAGE_HEADERS = {
+    **SECURITY_HEADERS,
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; connect-src 'self'; "
+    "worker-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+}
+SCRIPT_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    # A browser checks for a new service worker at least daily anyway; "no-cache" makes
+    # every check (and the page's script) revalidate, so a fix reaches it at once.
+    "Cache-Control": "no-cache",
+}
+API_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 
 # -- attachments ----------------------------------------------------------------------
@@ -128,10 +144,23 @@ def home_page(problem: str | None = None) -> str:
     )
 
 
-def inbox_page(bsn: str, communications: Sequence[Mapping[str, Any]]) -> str:
+def inbox_page(bsn: str, communications: Sequence[Mapping[str, Any]], *, push: bool = False) -> str:
+    """The patient's messages; with `push`, the offer to be notified on this device."""
+    opt_in = _push_opt_in(bsn) if push else ""
     if not communications:
-        return page("Your messages", "<p>There are no messages for you.</p>")
-    return page("Your messages", "\n".join(_message(bsn, c) for c in communications))
+        return page("Your messages", f"{opt_in}<p>There are no messages for you.</p>")
+    return page("Your messages", opt_in + "\n".join(_message(bsn, c) for c in communications))
+
+
+def _push_opt_in(bsn: str) -> str:
+    """The button push.js brings to life (it stays disabled without JavaScript)."""
+    return (
+        '<section class="push"><p><button type="button" id="push-opt-in" disabled '
+        f'data-bsn="{escape(bsn)}">Meld nieuwe berichten op dit apparaat / '
+        "Notify me of new messages on this device</button> "
+        '<span id="push-status" role="status"></span></p></section>\n'
+        '<script src="/push.js" defer></script>\n'
+    )
 
 
 def _message(bsn: str, communication: Mapping[str, Any]) -> str:

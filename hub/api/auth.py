@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from starlette.requests import Request
 
+from hub import logs
 from hub.access.policy import Access, Caller, role_scopes
 from hub.access.tokens import (
     AccessToken,
@@ -51,6 +52,8 @@ def authenticate(runtime: Runtime, request: Request, domain: str) -> Access:
     except InvalidToken as exc:
         log.info("access token refused on %s: %s", domain, exc)
         raise unauthorized() from exc
+    # From here on, every log line of the request names its client.
+    logs.note(client_id=verified.client_id)
     snapshot = runtime.access.snapshot
     granted = role_scopes(snapshot, domain, verified.client_id)
     if granted is None:

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hub import trace
+from hub import metrics, trace
 from hub.access.assertion import ASSERTION_ALGORITHMS, OAuthError, claimed_client
 from hub.api.fhir import read_limited
 from hub.api.limits import rate_limits, token_limited
@@ -62,6 +62,16 @@ async def token(request: Request) -> Response:
             {"error": "invalid_request", "error_description": "unknown domain"}, 404
         )
     runtime, domain = found
+    response = await _answer_token_request(request, runtime, domain)
+    metrics.token_request(domain, _TOKEN_OUTCOMES.get(response.status_code, "refused"))
+    return response
+
+
+# `hub_token_requests_total{outcome}`: a token, an OAuth error, or over a rate limit.
+_TOKEN_OUTCOMES = {200: "granted", 429: "limited"}
+
+
+async def _answer_token_request(request: Request, runtime: Runtime, domain: str) -> Response:
     client_address = request.client.host if request.client else None
     limits = rate_limits(request)
     # The address's budget before the body is even read; the claimed client's before its

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from hub import metrics
 from hub.audit.events import truncated
 from hub.audit.store import prepare
 from hub.store.audit import append_events
@@ -86,6 +88,7 @@ class AuditWriter:
                 log.exception("storing %d AuditEvents together failed: one by one", len(batch))
                 await asyncio.gather(*(self._store_alone(pending) for pending in batch))
             else:
+                _count(batch)
                 _settle(batch, None)
 
     async def _store_alone(self, pending: _Pending) -> None:
@@ -95,6 +98,7 @@ class AuditWriter:
         except Exception as exc:
             failure: Exception = exc
         else:
+            _count([pending])
             _settle([pending], None)
             return
         event = pending.event
@@ -111,11 +115,18 @@ class AuditWriter:
             log.exception("storing a truncated AuditEvent failed too")
             _settle([pending], exc)
         else:
+            _count([pending])
             _settle([pending], None)
 
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+
+
+def _count(stored: list[_Pending]) -> None:
+    """`hub_audit_events_total`: the events just committed, per domain."""
+    for domain, events in Counter(pending.event.domain for pending in stored).items():
+        metrics.audit_events(domain, events)
 
 
 def _settle(batch: list[_Pending], failure: Exception | None) -> None:

@@ -18,6 +18,39 @@ SMART_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oa
 # AuditEvents are append-only (Koppeltaal: never updated or deleted by anyone).
 _APPEND_ONLY = {"AuditEvent"}
 _RESULT_PARAMETERS = ("_count", "_sort", "_total", "_summary", "_format")
+_BACKPORT_STATUS = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"
+)
+_HUB_OPERATIONS = "http://koppeltaal.nl/fhir/hub/OperationDefinition"
+# The operations of hub.interactions.subscription_state (README "Operations").
+OPERATIONS: dict[str, list[dict[str, str]]] = {
+    "Subscription": [
+        {
+            "name": "status",
+            "definition": _BACKPORT_STATUS,
+            "documentation": "GET Subscription/{id}/$status: its status and delivery state (a "
+            "Parameters: pending, in-flight, gave-up, oldest-pending, next-attempt, last-attempt, "
+            "error), for whoever may read the Subscription",
+        },
+        {
+            "name": "resend",
+            "definition": f"{_HUB_OPERATIONS}/Subscription-resend",
+            "documentation": "POST Subscription/{id}/$resend: every pending notification due now; "
+            "with resource=Type/id, a fresh notification of that resource if it matches the "
+            "criteria and the owner may read it (422 otherwise). For whoever may update the "
+            "Subscription; audited",
+        },
+    ],
+    "AuditEvent": [
+        {
+            "name": "chain-head",
+            "definition": f"{_HUB_OPERATIONS}/AuditEvent-chain-head",
+            "documentation": "GET AuditEvent/$chain-head: the domain's audit chain head "
+            "(SEQ:DIGEST, as `hub audit verify --expect-head` takes it), for a role that may "
+            "read every AuditEvent",
+        }
+    ],
+}
 
 
 def interactions_for(resource_type: str) -> list[str]:
@@ -48,6 +81,8 @@ def capability_statement(fhir_base: str, token_url: str, version: str) -> dict[s
                 ],
             }
         )
+        if resource_type in OPERATIONS:
+            resources[-1]["operation"] = OPERATIONS[resource_type]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

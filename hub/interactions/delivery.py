@@ -30,12 +30,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
+from hub import logs, metrics
 from hub.access.policy import subscriber_may_read
 from hub.audit.events import transmit_event
 from hub.audit.store import prepare as prepare_event
@@ -73,6 +76,8 @@ class Attempt:
     retry_after: str | None = None
     gone: bool = False  # the receiver answered 410: it wants no more notifications
     permanent: bool = False  # retrying cannot help (e.g. the mail server refused the address)
+    http_status: int | None = None  # the receiver's answer, if one came
+    seconds: float | None = None  # how long the send took, if one was made
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,7 @@ class Deliverer:
         except ValueError as exc:
             # Stored before the header rules tightened: retrying cannot help, so say so once.
             return Attempt(False, f"unusable channel.header: {exc}", permanent=True)
+        _first_send(row)
         return _webhook_attempt(await self.client.post_notification(subscription.endpoint, headers))
 
     async def _keep_lease(self, row: Entry) -> bool:
@@ -257,7 +263,10 @@ class Deliverer:
         elif not await self._keep_lease(row):
             return None  # another worker sends it
         else:
+            _first_send(row)
+            started = time.perf_counter()
             attempt = await self._send_mail(row.recipient, row.kind, settings.smtp_url)
+            attempt = replace(attempt, seconds=time.perf_counter() - started)
         event = _transmit(
             row,
             destination_device=None,
@@ -323,7 +332,9 @@ class Deliverer:
             )
             await self._record_failed_bookkeeping(outcome, exc)
             return
-        if not recorded:
+        if recorded:
+            _report([recordable])
+        else:
             _not_leased(outcome.row)
 
     async def _record_failed_bookkeeping(self, outcome: Outcome, error: Exception) -> None:
@@ -354,15 +365,14 @@ class Deliverer:
         try:
             next_attempt_at = None if failed.permanent else self._backoff(row, now)
             prepared = prepare_event(row.domain, outcome.event(False, failed.description), now)
+            recordable = _Recordable(
+                Outcome(row, failed, outcome.event, outcome.subscription),
+                next_attempt_at,
+                prepared,
+            )
             recorded = await self.runtime.database.write(
                 _bookkeeping(
-                    [
-                        _Recordable(
-                            Outcome(row, failed, outcome.event, outcome.subscription),
-                            next_attempt_at,
-                            prepared,
-                        )
-                    ],
+                    [recordable],
                     owner=self.owner,
                     chain_key=self.runtime.chain_key,
                     now=now,
@@ -376,7 +386,9 @@ class Deliverer:
                 row.pk,
             )
             return
-        if not recorded:
+        if recorded:
+            _report([recordable])
+        else:
             _not_leased(row)
 
     def _next_attempt(self, row: Entry, attempt: Attempt, now: datetime) -> datetime | None:
@@ -478,6 +490,8 @@ class Recorder:
             alone = [r.outcome for r in recordables] + alone
             for row in drops:
                 await _drop_alone(deliverer, row)
+        else:
+            _report(recordables, drops)
         for outcome in alone:
             await deliverer._record(outcome)
 
@@ -495,6 +509,83 @@ async def _drop_alone(deliverer: Deliverer, row: Entry) -> None:
         await deliverer.runtime.database.write(outbox.complete_all([row.pk], owner=deliverer.owner))
     except Exception:
         log.exception("dropping outbox row %s failed; it comes back when its lease ends", row.pk)
+    else:
+        _report([], [row])
+
+
+def _first_send(row: Entry) -> None:
+    """`hub_delivery_latency_seconds`: from the write's commit to the row's first send."""
+    if row.attempts == 0:
+        seconds = (utcnow() - row.created_at).total_seconds()
+        metrics.delivery_latency(row.domain, row.channel, seconds)
+
+
+def _report(recorded: Sequence[_Recordable], dropped: Sequence[Entry] = ()) -> None:
+    """Count and log attempts (and dropped rows) once they are on record: one line each."""
+    for row in dropped:
+        metrics.delivery(row.domain, row.channel, "dropped")
+    for recordable in recorded:
+        outcome, next_attempt_at = recordable.outcome, recordable.next_attempt_at
+        attempt = outcome.attempt
+        if attempt.success:
+            verdict, level = "delivered", logging.INFO
+        elif next_attempt_at is not None:
+            verdict, level = "failed", logging.WARNING
+        else:
+            verdict, level = "gave-up", logging.WARNING
+        metrics.delivery(outcome.row.domain, outcome.row.channel, verdict)
+        metrics.audit_events(outcome.row.domain)  # its `transmit` AuditEvent
+        if log.isEnabledFor(level):
+            _log_attempt(outcome, verdict, level, next_attempt_at)
+
+
+def _log_attempt(outcome: Outcome, verdict: str, level: int, next_at: datetime | None) -> None:
+    """The attempt's line: what, where, how it went, which attempt, how long, what next.
+
+    A webhook is named by its Subscription and endpoint host, an e-mail by its kind
+    only: the recipient's address stays out of the log.
+    """
+    row, attempt = outcome.row, outcome.attempt
+    number = row.attempts + 1
+    milliseconds = None if attempt.seconds is None else round(attempt.seconds * 1000, 1)
+    next_attempt = None if next_at is None else next_at.isoformat(timespec="seconds") + "Z"
+    if row.channel == "email":
+        what, host = f"e-mail ({row.kind or 'notice'})", None
+    else:
+        endpoint = outcome.subscription.endpoint if outcome.subscription is not None else ""
+        host = urlsplit(endpoint).hostname
+        what = f"Subscription/{row.subscription_id} to {host}"
+    text = f"{what}: {verdict}"
+    if not attempt.success:
+        text += f" ({attempt.description or 'delivery failed'})"
+    elif attempt.http_status is not None:
+        text += f" (HTTP {attempt.http_status})"
+    text += f", attempt {number}"
+    if milliseconds is not None:
+        text += f", {milliseconds:g} ms"
+    if next_attempt is not None:
+        text += f"; next attempt at {next_attempt}"
+    log.log(
+        level,
+        "%s",
+        text,
+        extra=logs.fields(
+            domain=row.domain,
+            channel=row.channel,
+            subscription=row.subscription_id,
+            resource=f"{row.resource_type}/{row.resource_id}/_history/{row.version_id}",
+            endpoint_host=host,
+            outcome=verdict,
+            http_status=attempt.http_status,
+            error=None if attempt.success else attempt.description,
+            attempt=number,
+            duration_ms=milliseconds,
+            next_attempt=next_attempt,
+            # The request whose write caused the notification, and its trace.
+            correlation_id=row.request_id,
+            trace_id=row.trace_id,
+        ),
+    )
 
 
 def _transmit(
@@ -645,7 +736,12 @@ def _status_is(expected: str) -> Callable[[Mapping[str, Any]], bool]:
 
 def _webhook_attempt(result: DeliveryResult) -> Attempt:
     if result.ok:
-        return Attempt(True, None)
+        return Attempt(True, None, http_status=result.status, seconds=result.elapsed)
     return Attempt(
-        False, describe_failure(result), retry_after=result.retry_after, gone=result.status == 410
+        False,
+        describe_failure(result),
+        retry_after=result.retry_after,
+        gone=result.status == 410,
+        http_status=result.status,
+        seconds=result.elapsed,
     )

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from hub import metrics
 from hub.access.policy import Access, Caller
 from hub.audit.events import Entity, rest_event
 from hub.fhir.outcome import FhirError, forbidden
@@ -107,6 +108,8 @@ class Exchange:
         """Audit a successful interaction, unless it recorded its AuditEvent in its own unit."""
         if not audit.recorded:
             await self.runtime.audit.record(self.domain, self.audit_event(status, audit.entities))
+        else:  # committed with the write; the writer counts the events it stores itself
+            metrics.audit_events(self.domain)
 
     async def fail(self, error: FhirError, entities: Sequence[Entity] = ()) -> None:
         """Audit a refused or failed interaction (outcome 4 or 8, with the reason).

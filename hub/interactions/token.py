@@ -13,6 +13,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from hub import logs
 from hub.access.assertion import OAuthError, claimed_client
 from hub.access.tokens import exchange
 from hub.audit.events import login_event
@@ -59,6 +60,8 @@ async def request_token(
         await _audit_login(runtime, domain, fields, error, client_address, trace)
         raise
     await _audit_login(runtime, domain, fields, None, client_address, trace)
+    # Verified now: the request's access line names the client it gave a token to.
+    logs.note(client_id=claimed_client(fields.get("client_assertion")) or "")
     return body
 
 

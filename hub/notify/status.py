@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from hub import logs
 from hub.fhir import jsonio
 from hub.store import resources
 from hub.store.sql import Work
@@ -59,5 +60,14 @@ def set_status(
     yield from bump_generation(domain)
     # Logged inside the unit (on SQLite, in the writer thread), so before the commit: a
     # unit that fails after this is reported by whoever awaited it.
-    log.info("Subscription/%s is now %s%s", subscription_id, status, f": {error}" if error else "")
+    log.log(
+        logging.INFO if status == "active" else logging.WARNING,
+        "Subscription/%s is now %s%s",
+        subscription_id,
+        status,
+        f": {error}" if error else "",
+        extra=logs.fields(
+            domain=domain, subscription=subscription_id, subscription_status=status, error=error
+        ),
+    )
     return True

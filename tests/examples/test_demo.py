@@ -3,7 +3,7 @@
 The demo is run as `make demo` runs it (`python -m examples.demo`, a process of its
 own that starts the hub as another); its output must show one chain of ids: the
 XIS's write, the hub's webhook and e-mail caused by it, and the portal's fetch caused
-by the webhook.
+by the webhook; and, next to the e-mail, the portal's push to the patient's browser.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def section(title: str, text: str) -> str:
     return text[start : end if end != -1 else None]
 
 
-def test_make_demo_shows_the_notification_the_mail_and_the_trace_chain() -> None:
+def test_make_demo_shows_the_notification_the_mail_the_push_and_the_trace_chain() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "examples.demo"],
         cwd=REPOSITORY,
@@ -65,6 +65,17 @@ def test_make_demo_shows_the_notification_the_mail_and_the_trace_chain() -> None
     assert "Subject: Nieuw bericht voor u / New message for you" in mail
     assert "\n  https://127.0.0.1:8443\n" in mail
     assert "Lab results" not in mail and "lab-results" not in mail
+
+    # The push to the patient's browser, next to the e-mail: the same words, no content.
+    push = section("The push the portal sent the patient's browser", output)
+    push_service = field(r"^push    (https://127\.0\.0\.1:\d+)  ", output)
+    assert f"POST {push_service}/push/" in push
+    assert "(the push service stand-in answered 201)" in push
+    assert "  Content-Encoding: aes128gcm" in push
+    assert f"aud {push_service}, sub mailto:portal-demo@example.com" in push
+    assert "  Nieuw bericht voor u / New message for you\n" in push
+    assert "(a click opens https://127.0.0.1:8443/patients/123456782)" in push
+    assert "Lab results" not in push and "lab-results" not in push
 
     assert "1 message(s): 'Lab results available', with 1 attachment(s)" in output
 
