@@ -29,6 +29,8 @@ from hub.access.assertion import CLIENT_ASSERTION_TYPE, make_client_assertion
 from hub.store.db import postgres_connect_args
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+# Where the hubs under benchmark write their log lines (one file per server).
+LOGS = REPOSITORY / "var" / "bench-logs"
 DOMAIN = "bench"
 CLIENT = "bench-xis"
 
@@ -74,21 +76,27 @@ async def start_hub(env: dict[str, str], *, audit: bool, tree: Path = REPOSITORY
 async def start_server(module: str, *args: str, env: dict[str, str], cwd: Path) -> Hub:
     """`python -m module --port P *args` on a free port, once its `/readyz` answers 200."""
     port = _free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        module,
-        "--port",
-        str(port),
-        *args,
-        env={**env, "HUB_PUBLIC_URL": f"http://127.0.0.1:{port}"},
-        cwd=cwd,
-    )
+    # The server's log lines go to a file beside the report, not into it.
+    LOGS.mkdir(parents=True, exist_ok=True)
+    with (LOGS / f"{module}-{port}.log").open("ab") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            module,
+            "--port",
+            str(port),
+            *args,
+            env={**env, "HUB_PUBLIC_URL": f"http://127.0.0.1:{port}"},
+            cwd=cwd,
+            stderr=log_file,
+        )
     hub = Hub(process, port)
     async with httpx.AsyncClient() as client:
         for _ in range(600):
             if process.returncode is not None:
-                raise SystemExit(f"bench: {module} exited with {process.returncode}")
+                raise SystemExit(
+                    f"bench: {module} exited with {process.returncode}; see {log_file.name}"
+                )
             try:
                 if (await client.get(f"{hub.url}/readyz")).status_code == 200:
                     return hub

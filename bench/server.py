@@ -16,9 +16,12 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from hub import logs
+from hub.api.connections import GuardedHttpToolsProtocol
 from hub.app import create_app
 from hub.audit.writer import AuditWriter
 from hub.runtime import Runtime
+from hub.settings import Settings
 
 
 class DroppingAuditWriter(AuditWriter):
@@ -50,13 +53,19 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--no-audit", action="store_true")
     args = parser.parse_args()
+    app = bench_app(audit=not args.no_audit)
+    settings: Settings = app.state.settings
+    # As `hub serve` runs it: the connection guard, and the hub's log lines at the
+    # operator's level (info: an access line per request), whose cost is the product's.
+    # `bench.hubs` sends them to a file, not into the report.
     uvicorn.run(
-        bench_app(audit=not args.no_audit),
+        app,
+        http=GuardedHttpToolsProtocol,
         host="127.0.0.1",
         port=args.port,
-        log_level="warning",
-        access_log=False,
+        log_level=settings.log_level,
         server_header=False,
+        log_config=logs.dict_config(settings.log_level, settings.log_format),
     )
 
 
