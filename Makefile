@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SOURCES := hub tests examples tools bench
+# `make run PORT=8090` serves another port, and the hub's public URL (token audience,
+# links) follows it unless HUB_PUBLIC_URL says otherwise.
+PORT ?= 8080
 
 .PHONY: install lock run test lint format bench demo clean browser
 
@@ -25,7 +28,7 @@ lock: install
 	$(BIN)/uv pip compile --quiet pyproject.toml requirements-build.in --extra dev --python-version 3.11 --generate-hashes -o requirements-dev.lock
 
 run: install
-	$(BIN)/hub serve
+	HUB_PUBLIC_URL="$${HUB_PUBLIC_URL:-http://127.0.0.1:$(PORT)}" $(BIN)/hub serve --port $(PORT)
 
 test: lint browser
 	$(BIN)/pytest -n auto --dist loadgroup
@@ -51,8 +54,10 @@ format: install
 bench: install
 	$(BIN)/python -m bench
 
+# `make demo DEMO_PORT=8091 PORTAL_PORT=9443`: the demo's hub (default: a free port) and
+# its portal (default: 8443, the port examples/apps.yaml registers).
 demo: install
-	$(BIN)/python -m examples.demo
+	$(BIN)/python -m examples.demo $(if $(DEMO_PORT),--hub-port $(DEMO_PORT)) $(if $(PORTAL_PORT),--portal-port $(PORTAL_PORT))
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -3,14 +3,16 @@
 It starts, on loopback and in a temporary directory that is removed afterwards:
 
 1. an SMTP catcher (aiosmtpd) that keeps the e-mails the hub sends;
-2. the hub (`hub serve`: SQLite, the demo apps of examples/apps.yaml), told to trust
-   the portal's local CA (HUB_CA_BUNDLE), to notify loopback addresses
+2. the hub (`hub serve` on --hub-port, default a free one: SQLite, the demo apps of
+   examples/apps.yaml with the portal's port as their registered endpoint), told to
+   trust the portal's local CA (HUB_CA_BUNDLE), to notify loopback addresses
    (HUB_WEBHOOK_ALLOW_NETWORKS) and to mail through the catcher (HUB_SMTP_URL);
 3. a push service stand-in (examples/portal/push_catcher.py): HTTPS on loopback, in
    place of the browser vendor's push service, which an offline demo cannot reach;
 4. the demo patient portal (examples/portal as `portal-demo`) on
-   https://127.0.0.1:8443, which subscribes to `Communication?category=melding` and
-   pushes to its patients' devices through the stand-in.
+   https://127.0.0.1:<--portal-port, default 8443>, which subscribes to
+   `Communication?category=melding`, records a `receive` AuditEvent for each
+   notification, and pushes to its patients' devices through the stand-in.
 
 Then the patient allows notifications in her inbox (the demo plays her browser: it
 makes the browser's push keys and hands the portal the subscription, as the page's
@@ -23,6 +25,7 @@ her browser, the patient's inbox, and the trace chain of AuditEvents as the audi
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
 import socket
@@ -32,13 +35,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import httpx
+import yaml
 
 from examples.mailcatcher import CaughtMail, MailCatcher
 from examples.portal.app import Notification, Portal, PortalConfig
@@ -52,9 +57,8 @@ EXAMPLES = Path(__file__).resolve().parent
 REPOSITORY = EXAMPLES.parent
 KEYS = EXAMPLES / "keys"
 DOMAIN = "demo"
-# examples/apps.yaml registers this address as the portal's webhook endpoint prefix.
+# examples/apps.yaml registers this port for the demo apps' webhooks (the default here).
 PORTAL_PORT = 8443
-PORTAL_URL = f"https://127.0.0.1:{PORTAL_PORT}"
 BSN = "123456782"
 PATIENT_EMAIL = "jan.janssen@example.com"
 # A one-page PDF is more than the demo needs: the hub checks the signature and no more.
@@ -66,24 +70,49 @@ class DemoFailed(Exception):
     """Something did not happen as it should; the message says what."""
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.demo", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--hub-port",
+        type=int,
+        default=0,
+        help="the port of the demo's hub on 127.0.0.1 (default: a free one)",
+    )
+    parser.add_argument(
+        "--portal-port",
+        type=int,
+        default=PORTAL_PORT,
+        help=f"the port of the demo portal on 127.0.0.1 ({PORTAL_PORT}); the demo's hub "
+        "registers it as the demo apps' webhook endpoint",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hub-demo-") as temporary, ExitStack() as stack:
         directory = Path(temporary)
         try:
-            portal_socket = stack.enter_context(listening_socket("127.0.0.1", PORTAL_PORT))
+            portal_socket = stack.enter_context(listening_socket("127.0.0.1", args.portal_port))
         except OSError as exc:
             print(
-                f"demo: cannot listen on {PORTAL_URL} ({exc}); examples/apps.yaml registers "
-                "the demo portal there, so free that port first",
+                f"demo: cannot listen on 127.0.0.1:{args.portal_port} for the portal ({exc}); "
+                "free that port, or choose another with --portal-port",
                 file=sys.stderr,
             )
             return 1
+        portal_url = f"https://127.0.0.1:{portal_socket.getsockname()[1]}"
         try:
             certificate = local_certificate(directory / "portal-tls", "127.0.0.1", "localhost")
             catcher = stack.enter_context(MailCatcher())
             push_service = stack.enter_context(PushCatcher(directory / "push-tls"))
-            hub_url = stack.enter_context(hub_process(directory, certificate, catcher.url))
-            portal = Portal(portal_config(hub_url, certificate, directory, push_service))
+            hub = HubOptions(directory, args.hub_port, portal_url, certificate, catcher.url)
+            hub_url = stack.enter_context(hub_process(hub))
+            portal = Portal(
+                portal_config(hub_url, portal_url, certificate, directory, push_service)
+            )
             stack.enter_context(running_portal(portal, portal_socket))
             run(hub_url, portal, catcher, push_service, certificate)
         except (DemoFailed, RuntimeError, TimeoutError, httpx.HTTPError) as exc:
@@ -103,17 +132,18 @@ def run(
     fhir = f"{hub_url}/{DOMAIN}/fhir"
     print("== Koppeltaal Hub demo ==")
     print(f"hub     {hub_url}  (SQLite in a temporary directory)")
+    portal_url = portal.config.public_url
     print(
-        f"portal  {PORTAL_URL}/  (portal-demo, Subscription/{portal.subscription_id}: "
+        f"portal  {portal_url}/  (portal-demo, Subscription/{portal.subscription_id}: "
         f"{portal.config.criteria})"
     )
     print(f"mail    {catcher.url}  (a local SMTP catcher)")
     print(f"push    {push_service.origin}  (a local stand-in for the browser's push service)")
 
     browser = DemoBrowser()
-    allow_notifications(browser, push_service, certificate)
+    allow_notifications(portal_url, browser, push_service, certificate)
     print(
-        f"\n1. The patient opens her inbox ({PORTAL_URL}/patients/{BSN}) and allows "
+        f"\n1. The patient opens her inbox ({portal_url}/patients/{BSN}) and allows "
         "notifications:\n   her browser subscribes at its push service and the portal keeps "
         "the subscription"
     )
@@ -146,8 +176,8 @@ def run(
         if outcome.result is not PushResult.DELIVERED:
             raise DemoFailed(f"the push was not delivered: {outcome}")
         [push] = push_service.wait_for(1, timeout=10)
-        print_push(push, browser, push_service)
-        print_inbox(certificate)
+        print_push(portal_url, push, browser, push_service)
+        print_inbox(portal_url, certificate)
         auditor = {"Authorization": f"Bearer {token(http, hub_url, 'auditor-demo')}"}
         events = trace_chain(http, auditor, trace_id, handled)
         print(f"\n== The trace chain (auditor-demo: GET AuditEvent?traceId={trace_id}) ==")
@@ -158,25 +188,57 @@ def run(
 # -- the hub and the portal ------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class HubOptions:
+    """What the demo's hub is started with."""
+
+    directory: Path  # its database, keys, apps file and log
+    port: int  # 0: a free one
+    portal_url: str  # https://127.0.0.1:<port> of the demo portal
+    certificate: Certificate  # the portal's, whose CA the hub trusts
+    smtp_url: str
+
+
+def demo_apps_file(directory: Path, portal_url: str) -> Path:
+    """examples/apps.yaml with the portal's address as every app's registered endpoint.
+
+    The hub compares scheme, host and port of a webhook with the registered prefixes,
+    so a portal on another port than the shipped file's needs its own copy.
+    """
+    apps = yaml.safe_load((EXAMPLES / "apps.yaml").read_text(encoding="utf-8"))
+    host_and_port = portal_url.removeprefix("https://")
+    _, _, port = host_and_port.partition(":")
+    for domain in apps["domains"]:
+        for app in domain["apps"]:
+            if "endpoints" in app:
+                app["endpoints"] = [f"https://127.0.0.1:{port}/", f"https://localhost:{port}/"]
+    path = directory / "apps.yaml"
+    path.write_text(yaml.safe_dump(apps, sort_keys=False), encoding="utf-8")
+    return path
+
+
 @contextmanager
-def hub_process(directory: Path, certificate: Certificate, smtp_url: str) -> Iterator[str]:
-    """`hub serve` on a free loopback port, configured the way an operator would."""
-    with socket.socket() as probe:  # a free port; the hub binds it a moment later
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def hub_process(options: HubOptions) -> Iterator[str]:
+    """`hub serve` on a loopback port, configured the way an operator would."""
+    port = options.port
+    if port == 0:
+        with socket.socket() as probe:  # a free port; the hub binds it a moment later
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
+    directory = options.directory
     environment = {
         **os.environ,
         "HUB_DATABASE_URL": f"sqlite+aiosqlite:///{directory / 'hub.db'}",
         "HUB_PUBLIC_URL": url,
-        "HUB_APPS": str(EXAMPLES / "apps.yaml"),
+        "HUB_APPS": str(demo_apps_file(directory, options.portal_url)),
         "HUB_AUTHZ_MATRIX": str(REPOSITORY / "authz_matrix.yaml"),
         "HUB_KEYS_DIR": str(directory / "keys"),
-        "HUB_CA_BUNDLE": str(certificate.ca_bundle),
+        "HUB_CA_BUNDLE": str(options.certificate.ca_bundle),
         "HUB_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
-        "HUB_SMTP_URL": smtp_url,
-        "HUB_PORTAL_URL": f"{PORTAL_URL}/",
-        "HUB_REGISTRATION_URL": f"{PORTAL_URL}/register",
+        "HUB_SMTP_URL": options.smtp_url,
+        "HUB_PORTAL_URL": f"{options.portal_url}/",
+        "HUB_REGISTRATION_URL": f"{options.portal_url}/register",
     }
     serve = f"serve --host 127.0.0.1 --port {port} --log-level warning"
     command = [sys.executable, "-m", "hub.cli", *serve.split()]
@@ -212,14 +274,18 @@ def _wait_until_ready(url: str, process: subprocess.Popen[bytes]) -> None:
 
 
 def portal_config(
-    hub_url: str, certificate: Certificate, directory: Path, push_service: PushCatcher
+    hub_url: str,
+    portal_url: str,
+    certificate: Certificate,
+    directory: Path,
+    push_service: PushCatcher,
 ) -> PortalConfig:
     return PortalConfig(
         fhir_base=f"{hub_url}/{DOMAIN}/fhir",
         client_id="portal-demo",
         private_key=(KEYS / "portal-demo.pem").read_bytes(),
         kid="portal-demo-1",
-        public_url=PORTAL_URL,
+        public_url=portal_url,
         certfile=certificate.certfile,
         keyfile=certificate.keyfile,
         push=PushConfig(
@@ -232,11 +298,11 @@ def portal_config(
 
 
 def allow_notifications(
-    browser: DemoBrowser, push_service: PushCatcher, certificate: Certificate
+    portal_url: str, browser: DemoBrowser, push_service: PushCatcher, certificate: Certificate
 ) -> None:
     """What the inbox page's script does once the patient allowed notifications."""
     trust = ssl.create_default_context(cafile=str(certificate.ca_bundle))
-    with httpx.Client(base_url=PORTAL_URL, verify=trust, timeout=15) as page:
+    with httpx.Client(base_url=portal_url, verify=trust, timeout=15) as page:
         # The page subscribes with the portal's VAPID public key (applicationServerKey).
         page.get("/push/public-key").raise_for_status()
         subscription = browser.subscription(push_service.endpoint())
@@ -339,7 +405,9 @@ def print_mail(mail: CaughtMail) -> None:
     print("\n".join(f"  {line}" for line in mail.text.strip().splitlines()))
 
 
-def print_push(push: CaughtPush, browser: DemoBrowser, push_service: PushCatcher) -> None:
+def print_push(
+    portal_url: str, push: CaughtPush, browser: DemoBrowser, push_service: PushCatcher
+) -> None:
     print("\n== The push the portal sent the patient's browser ==")
     print(f"POST {push_service.origin}{push.path}  (the push service stand-in answered 201)")
     for name in ("TTL", "Urgency", "Topic", "Content-Encoding"):
@@ -353,12 +421,12 @@ def print_push(push: CaughtPush, browser: DemoBrowser, push_service: PushCatcher
     message = browser.open(push)
     print("The browser decrypts it; the portal's service worker shows:")
     print(f"  {message['title']}\n  {message['body']}")
-    print(f"  (a click opens {PORTAL_URL}{message['url']})")
+    print(f"  (a click opens {portal_url}{message['url']})")
 
 
-def print_inbox(certificate: Certificate) -> None:
+def print_inbox(portal_url: str, certificate: Certificate) -> None:
     trust = ssl.create_default_context(cafile=str(certificate.ca_bundle))
-    url = f"{PORTAL_URL}/patients/{BSN}"
+    url = f"{portal_url}/patients/{BSN}"
     response = httpx.get(url, verify=trust, timeout=15)
     if response.status_code != 200:
         raise DemoFailed(f"the inbox page answered {response.status_code}")
@@ -375,7 +443,8 @@ def print_inbox(certificate: Certificate) -> None:
 def trace_chain(
     http: httpx.Client, auditor: dict[str, str], trace_id: str, handled: Notification
 ) -> list[dict[str, Any]]:
-    """The trace's AuditEvents, once the create, both transmits and the fetch are in."""
+    """The trace's AuditEvents, once the create, both transmits, the receipt and the fetch
+    are in."""
     deadline = time.monotonic() + 60
     while True:
         response = http.get(
@@ -384,8 +453,9 @@ def trace_chain(
         response.raise_for_status()
         events = [entry["resource"] for entry in response.json().get("entry", [])]
         transmits = [e for e in events if e["type"]["code"] == "transmit"]
+        received = [e for e in events if e["type"]["code"] == "receive"]
         fetched = [e for e in events if _extension(e, "correlation-id") == handled.request_id]
-        if len(transmits) >= 2 and fetched:
+        if len(transmits) >= 2 and received and fetched:
             return sorted(events, key=lambda event: str(event["recorded"]))
         if time.monotonic() > deadline:
             raise DemoFailed(f"the trace chain is incomplete: {len(events)} AuditEvents")
@@ -393,10 +463,22 @@ def trace_chain(
 
 
 def render_chain(events: list[dict[str, Any]]) -> list[str]:
-    """Each event under the one whose X-Request-Id is its X-Correlation-Id."""
-    by_request = {_extension(event, "request-id"): event for event in events}
-    children: dict[str | None, list[dict[str, Any]]] = {}
+    """Each event under the one whose X-Request-Id is its X-Correlation-Id.
+
+    A receiver's `receive` event carries the X-Request-Id of the notification it records,
+    the same as the hub's `transmit`: it is shown first under that transmit.
+    """
+    receipts: dict[str | None, list[dict[str, Any]]] = {}
     for event in events:
+        if event["type"]["code"] == "receive":
+            receipts.setdefault(_extension(event, "request-id"), []).append(event)
+    others = [event for event in events if event["type"]["code"] != "receive"]
+    by_request = {_extension(event, "request-id"): event for event in others}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for request_id, received in receipts.items():  # a receipt whose transmit is not here
+        if request_id not in by_request:
+            children.setdefault(None, []).extend(received)
+    for event in others:
         parent = _extension(event, "correlation-id")
         children.setdefault(parent if parent in by_request else None, []).append(event)
     lines: list[str] = []
@@ -404,7 +486,10 @@ def render_chain(events: list[dict[str, Any]]) -> list[str]:
     def walk(event: dict[str, Any], depth: int) -> None:
         prefix = "  " + "   " * (depth - 1) + "└─ " if depth else "  "
         lines.append(f"{prefix}{_describe(event)}")
-        for child in children.get(_extension(event, "request-id"), []):
+        if event["type"]["code"] == "receive":
+            return  # its X-Request-Id is the transmit's: the children are the transmit's
+        request_id = _extension(event, "request-id")
+        for child in [*receipts.get(request_id, ()), *children.get(request_id, ())]:
             walk(child, depth + 1)
 
     for root in children.get(None, []):
@@ -419,6 +504,9 @@ def _describe(event: dict[str, Any]) -> str:
         address = event["agent"][1]["network"]["address"]
         kind = "e-mail" if address.startswith("mailto:") else "webhook"
         return f"transmit {kind} to {address}  [{outcome}]  X-Request-Id {request_id}"
+    if event["type"]["code"] == "receive":
+        who = event["agent"][0].get("who", {}).get("reference", "?")
+        return f"receive, recorded by {who}  [{outcome}]  AuditEvent/{event['id']}"
     interaction = event.get("subtype", [{}])[0].get("code", "?")
     who = event["agent"][0].get("who", {}).get("reference", "?")
     entity = (event.get("entity") or [{}])[0]

@@ -46,10 +46,13 @@ class MailCatcher:
     caller holds it up. Give `sock` (bound, not listening) to serve on a port reserved
     earlier: until `start()`, connections to it are refused, which is how a test makes
     "the mail server is down" and then brings it back on the same address.
+    `smtp_options` go to aiosmtpd's SMTP as they are: `tls_context` and
+    `require_starttls` for STARTTLS, `authenticator` for AUTH.
     """
 
-    def __init__(self, *, sock: socket.socket | None = None) -> None:
+    def __init__(self, *, sock: socket.socket | None = None, **smtp_options: Any) -> None:
         self._sock = sock or _bound_socket()
+        self._smtp_options = smtp_options
         self.port: int = self._sock.getsockname()[1]
         self._caught: list[CaughtMail] = []
         self._changed = threading.Condition()
@@ -124,7 +127,7 @@ class MailCatcher:
         loop = self._loop
 
         def protocol() -> Any:
-            return SMTP(self, hostname="localhost", loop=loop)
+            return SMTP(self, hostname="localhost", loop=loop, **self._smtp_options)
 
         server = await loop.create_server(protocol, sock=self._sock)
         self._ready.set()

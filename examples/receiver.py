@@ -19,13 +19,15 @@ as it can be while doing everything Koppeltaal asks of a receiver:
 
     python -m examples.receiver --hub http://127.0.0.1:8080 --subscribe \\
         --client-id portal-demo --criteria 'Task?status=completed' --port 8443
+
+The hub only notifies an endpoint within the app's registered endpoints: for the demo
+apps of examples/apps.yaml, https://127.0.0.1:8443/ and https://localhost:8443/.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -34,8 +36,7 @@ import ssl
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,12 +49,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from examples import receive_audit
 from hub.access.assertion import CLIENT_ASSERTION_TYPE, make_client_assertion
 
 EXAMPLES = Path(__file__).resolve().parent
-KT = "http://koppeltaal.nl/fhir/StructureDefinition"
-LIFECYCLE = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
-DCM = "http://dicom.nema.org/resources/ontology/DCM"
 
 log = logging.getLogger("receiver")
 
@@ -174,50 +173,20 @@ def receive_event(
     config: Config, notification: Notification, subscription_id: str | None
 ) -> dict[str, Any]:
     """The KT2AuditEvent of a notification received: iso-21089-lifecycle `receive`."""
-    subscriber: dict[str, Any] = {
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
-        "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "9"},
-        "query": base64.b64encode(config.criteria.encode()).decode("ascii"),
-    }
-    if subscription_id is not None:
-        subscriber["what"] = {"reference": f"Subscription/{subscription_id}"}
-    # The ids of the notification itself: the event records its receipt.
-    extensions = [
-        {"url": f"{KT}/trace-id", "valueId": notification.trace_id},
-        {"url": f"{KT}/request-id", "valueId": notification.request_id},
-    ]
-    if notification.correlation_id:
-        extensions.append({"url": f"{KT}/correlation-id", "valueId": notification.correlation_id})
-    return {
-        "resourceType": "AuditEvent",
-        "meta": {"profile": [f"{KT}/KT2AuditEvent"]},
-        "extension": extensions,
-        "type": {
-            "system": LIFECYCLE,
-            "code": "receive",
-            "display": "Receive Record Lifecycle Event",
-        },
-        "action": "E",
-        "recorded": notification.received.isoformat().replace("+00:00", "Z"),
-        "outcome": "0",
-        # Only the receiving application acts here, and only it observes: the hub
-        # refuses an event that names another application (or itself) in either role.
-        "agent": [
-            {
-                "type": {
-                    "coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]
-                },
-                "who": {"reference": f"Device/{config.client_id}"},
-                "requestor": True,
-                "network": {"address": config.endpoint, "type": "5"},
-            },
-        ],
-        "source": {
-            "site": socket.gethostname(),
-            "observer": {"reference": f"Device/{config.client_id}"},
-        },
-        "entity": [subscriber],
-    }
+    return receive_audit.receive_event(
+        client_id=config.client_id,
+        endpoint=config.endpoint,
+        criteria=config.criteria,
+        subscription_id=subscription_id,
+        request_id=notification.request_id,
+        correlation_id=notification.correlation_id,
+        trace_id=notification.trace_id,
+        received=notification.received,
+    )
+
+
+class SubscriptionRefused(Exception):
+    """The hub answered the Subscription with an error; the message says why."""
 
 
 @dataclass
@@ -251,7 +220,15 @@ class Receiver:
     async def _subscribe(self) -> None:
         response = await self.hub.fhir("POST", "/Subscription", json=subscription(self.config))
         if response.status_code != 201:
-            raise SystemExit(f"receiver: the hub refused the Subscription:\n{response.text}")
+            hint = ""
+            if "registered endpoints" in response.text:
+                hint = (
+                    f"\n{self.config.endpoint} is not among {self.config.client_id}'s registered "
+                    "endpoints (examples/apps.yaml registers https://127.0.0.1:8443/ for the "
+                    "demo apps): use --port 8443, or add your port there (the hub reloads "
+                    "the file within HUB_HOUSEKEEPING_SECONDS)"
+                )
+            raise SubscriptionRefused(f"the hub refused the Subscription:\n{response.text}{hint}")
         self.subscription_id = response.json()["id"]
         self.out(f"subscribed: Subscription/{self.subscription_id} {self.config.criteria}")
 
@@ -325,15 +302,23 @@ class Receiver:
 
 
 def create_app(receiver: Receiver, path: str) -> Starlette:
-    @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        await receiver.start()
-        try:
-            yield
-        finally:
-            await receiver.stop()
+    """The notification endpoint; the caller starts and stops `receiver` around serving."""
+    return Starlette(routes=[Route(path, receiver.notified, methods=["POST"])])
 
-    return Starlette(routes=[Route(path, receiver.notified, methods=["POST"])], lifespan=lifespan)
+
+async def serve(receiver: Receiver, server: uvicorn.Server, sock: socket.socket) -> int:
+    """Subscribe (on the listening socket), then serve until stopped; 1 if refused."""
+    try:
+        await receiver.start()
+    except SubscriptionRefused as refused:
+        print(f"receiver: {refused}", file=sys.stderr)
+        await receiver.stop()
+        return 1
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        await receiver.stop()
+    return 0
 
 
 # --- TLS and the command line ---------------------------------------------------------------
@@ -369,16 +354,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--hub", default="http://127.0.0.1:8080", help="the hub's base URL")
     parser.add_argument("--hub-ca", type=Path, help="CA bundle to trust the hub's TLS")
-    parser.add_argument("--domain", default="demo")
-    parser.add_argument("--client-id", default="portal-demo")
+    parser.add_argument("--domain", default="demo", help="the hub's domain (demo)")
+    parser.add_argument(
+        "--client-id", default="portal-demo", help="the receiving app's client_id (portal-demo)"
+    )
     parser.add_argument("--key", type=Path, help="private key PEM (examples/keys/<id>.pem)")
     parser.add_argument("--kid", help="key id (default: <client-id>-1)")
-    parser.add_argument("--criteria", default="Task?status=completed")
+    parser.add_argument(
+        "--criteria", default="Task?status=completed", help="what to subscribe to and search"
+    )
     parser.add_argument("--subscribe", action="store_true", help="create the Subscription")
     parser.add_argument("--header", action="append", default=[], help="a channel.header line")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8443)
-    parser.add_argument("--path", default="/notify")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8443,
+        help="port to listen on (8443: examples/apps.yaml registers it for the demo apps)",
+    )
+    parser.add_argument("--path", default="/notify", help="the notification path (/notify)")
     parser.add_argument(
         "--endpoint", help="the URL the hub calls (default: https://host:port/path)"
     )
@@ -419,9 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sock.bind((args.host, args.port))
     sock.listen(128)
     print(f"receiving on {config.endpoint} as {config.client_id}", flush=True)
+    receiver = Receiver(config)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(Receiver(config), args.path),
+            create_app(receiver, args.path),
             ssl_certfile=str(cert),
             ssl_keyfile=str(cert_key),
             log_level="warning",
@@ -430,8 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_graceful_shutdown=3,
         )
     )
-    asyncio.run(server.serve(sockets=[sock]))
-    return 0
+    return asyncio.run(serve(receiver, server, sock))
 
 
 if __name__ == "__main__":

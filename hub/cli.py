@@ -480,6 +480,36 @@ def _deliveries_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mail_test(args: argparse.Namespace) -> int:
+    from hub.notify.mail import MailError, compose_test_message, mail_tls_context, send_mail
+
+    overrides = {"HUB_SMTP_URL": args.smtp_url} if args.smtp_url else {}
+    settings = settings_module.from_env({**os.environ, **overrides})
+    if settings.smtp_url is None:
+        print("hub: e-mail is off: set HUB_SMTP_URL (or give --smtp-url)", file=sys.stderr)
+        return 2
+    try:
+        message = compose_test_message(args.to, settings.public_url, settings.smtp_from)
+    except ValueError as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        return 2
+    target = settings.smtp_url
+    try:
+        asyncio.run(
+            send_mail(
+                target,
+                message,
+                timeout=settings.webhook_timeout,
+                ssl_context=mail_tls_context(settings.ca_bundle),
+            )
+        )
+    except MailError as exc:  # its text names the server, never the password
+        print(f"hub: the test mail was not sent: {exc}", file=sys.stderr)
+        return 1
+    print(f"sent a test mail to {args.to} (From: {settings.smtp_from})")
+    return 0
+
+
 def _logging_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--log-level",
@@ -644,6 +674,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="every pending notification of the domain"
     )
     retry.set_defaults(run=_deliveries_retry)
+
+    mail = commands.add_parser("mail", help="patient e-mail").add_subparsers(
+        dest="mail", required=True
+    )
+    mail_test = mail.add_parser(
+        "test", help="send a test mail through HUB_SMTP_URL (exit 1 if the server refuses)"
+    )
+    mail_test.add_argument("--to", required=True, metavar="ADDRESS", help="the recipient")
+    mail_test.add_argument("--smtp-url", help="overrides HUB_SMTP_URL")
+    mail_test.set_defaults(run=_mail_test)
     return parser
 
 

@@ -74,7 +74,8 @@ _SECRET = re.compile(
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
     re.DOTALL,
 )
-_NINE_DIGITS = re.compile(r"(?<![0-9])[0-9]{9}(?![0-9])")
+# Nine digits on their own: not part of a longer word, as in a UUID's "7c758390464e".
+_NINE_DIGITS = re.compile(r"(?<![0-9A-Za-z])[0-9]{9}(?![0-9A-Za-z])")
 # An e-mail address (a patient's, in a mail server's refusal); not the user of a URL.
 _EMAIL = re.compile(r"(?<![\w/:.%+-])[\w.%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

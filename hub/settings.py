@@ -136,9 +136,31 @@ def _smtp_url(env: Mapping[str, str]) -> str | None:
     value = env.get("HUB_SMTP_URL") or None
     if value is not None:
         parts = urlsplit(value)
-        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-            raise SettingsError(f"HUB_SMTP_URL: {value!r} is not an smtp:// or smtps:// URL")
+        # hub.notify.mail parses it in full; here the scheme, host and TLS option, so that
+        # a typo stops the start instead of sending in clear (the password never echoed).
+        shown = _without_password(value)
+        if parts.scheme not in ("smtp", "submission", "smtps") or not parts.hostname:
+            raise SettingsError(
+                f"HUB_SMTP_URL: {shown!r} is not an smtp://, submission:// or smtps:// URL"
+            )
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port only when asked
+        except ValueError:
+            raise SettingsError(f"HUB_SMTP_URL: {shown!r} has an invalid port") from None
+        options = {"smtp": ("starttls=true", "starttls=false"), "submission": ("starttls=true",)}
+        if parts.query and parts.query.lower() not in options.get(parts.scheme, ()):
+            raise SettingsError(
+                f"HUB_SMTP_URL: {shown!r}: only smtp:// takes a parameter, "
+                "?starttls=true or ?starttls=false (submission:// always uses STARTTLS)"
+            )
     return value
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def _number(

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from hub.store.db import Database
 from hub.store.migrate import upgrade
 
-pytest_plugins = ["tests.support.hub", "tests.support.https_receiver"]
+pytest_plugins = ["tests.support.hub", "tests.support.https_receiver", "tests.support.schema"]
 
 POSTGRES_URL = os.environ.get("HUB_TEST_DATABASE_URL", "")
 BACKENDS = [

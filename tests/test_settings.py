@@ -65,6 +65,25 @@ def test_the_role_says_what_a_process_runs(role: str, serves_api: bool, delivers
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "smtp://mail:25?starttls=true",
+        "submission://u:p@mail",
+        "submission://mail?starttls=true",
+        "smtps://mail:465",
+    ],
+)
+def test_smtp_urls_with_tls(url: str) -> None:
+    assert from_env({"HUB_SMTP_URL": url}).smtp_url == url
+
+
+def test_a_bad_smtp_url_never_shows_its_password() -> None:
+    with pytest.raises(SettingsError, match="not an smtp") as caught:
+        from_env({"HUB_SMTP_URL": "imap://user:hunter2@mail.example.nl"})
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
         ("HUB_WEBHOOK_ALLOW_NETWORKS", "10.0.0.0/33", "not a CIDR"),
@@ -77,6 +96,10 @@ def test_the_role_says_what_a_process_runs(role: str, serves_api: bool, delivers
         ("HUB_PORTAL_URL", "portal.example.nl", "not an http"),
         ("HUB_PUBLIC_URL", "ftp://hub", "not an http"),
         ("HUB_SMTP_URL", "mail.example.nl:25", "not an smtp"),
+        ("HUB_SMTP_URL", "smtp://mail.example.nl?starttls=yes", "starttls=true"),
+        ("HUB_SMTP_URL", "smtps://mail.example.nl?starttls=true", "only smtp:// takes"),
+        ("HUB_SMTP_URL", "submission://mail.example.nl?starttls=false", "only smtp:// takes"),
+        ("HUB_SMTP_URL", "smtp://mail.example.nl:twentyfive", "invalid port"),
         ("HUB_ROLE", "delivery", "not one of all, api, worker"),
         ("HUB_RATE_LIMIT_TOKEN_PER_MINUTE", "lots", "not a number"),
         ("HUB_RATE_LIMIT_WRITES_PER_SECOND", "-1", "0 \\(no limit\\) or more"),

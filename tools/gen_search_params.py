@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT.parent / "shared" / "reference" / "fhir-r4" / "search-parameters.json"
 
 # Parameters with no expression the hub can evaluate, or whose matching it does not do.
-SKIPPED = frozenset({"_text", "_content", "_query", "_has", "_list", "_type", "phonetic"})
+SKIPPED = frozenset({"_text", "_content", "_query", "_has", "_list", "_type"})
 # Generated types the hub can search (number: none of the supported types has one in R4).
 SEARCHABLE = frozenset({*PARAM_TYPES, "number"})
 

@@ -2,8 +2,9 @@
 
 On start it subscribes to its criteria with a fresh shared secret in `channel.header`.
 A notification is checked against that secret, recorded, queued, and answered 204 at
-once; a worker then fetches what is new with the notification's trace (X-Correlation-Id
-= its X-Request-Id, the same X-Trace-Id), one notification at a time.
+once; a worker then records the `receive` AuditEvent and fetches what is new with the
+notification's trace (X-Correlation-Id = its X-Request-Id, the same X-Trace-Id), one
+notification at a time.
 
 With push configured (`PortalConfig.push`), a patient's inbox offers to notify this
 device of new messages: the page subscribes through the browser's push service and
@@ -22,6 +23,7 @@ import logging
 import re
 import secrets
 import threading
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,6 +40,7 @@ from examples.portal import web
 from examples.portal.hub_client import HubClient, Trace
 from examples.portal.push import PushConfig, PushOutcome, PushSender, new_message
 from examples.portal.push_store import InvalidSubscription, PushSubscription, parse_subscription
+from examples.receive_audit import receive_event
 from hub.rules.bsn import BSN_SYSTEM, is_valid_bsn
 from hub.rules.notification import patient_bsn
 
@@ -87,6 +90,7 @@ class Notification:
     trace_id: str | None
     fetch_request_ids: list[str] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)  # new `Communication/<id>/_history/<v>`
+    receive_event: str | None = None  # the id of the `receive` AuditEvent recorded
     error: str | None = None
     done: bool = False
 
@@ -223,7 +227,31 @@ class Portal:
                 notification.done = True
                 self._changed.notify_all()
 
+    async def _audit_receipt(self, notification: Notification) -> None:
+        """Record the notification's `receive` AuditEvent, as Koppeltaal asks of a receiver.
+
+        A refusal is logged and the fetch goes on: the patient's message matters more.
+        """
+        request_id = notification.request_id or str(uuid.uuid4())
+        event = receive_event(
+            client_id=self.config.client_id,
+            endpoint=self.config.endpoint,
+            criteria=self.config.criteria,
+            subscription_id=self.subscription_id,
+            request_id=request_id,
+            correlation_id=notification.correlation_id,
+            trace_id=notification.trace_id or request_id,
+            received=notification.received_at,
+        )
+        trace = Trace(trace_id=notification.trace_id, correlation_id=notification.request_id)
+        response = await self.hub.request("POST", "AuditEvent", json=event, trace=trace)
+        if response.status_code == 201:
+            notification.receive_event = str(response.json()["id"])
+        else:
+            log.warning("the hub refused the receive AuditEvent (%s)", response.status_code)
+
     async def _fetch_new(self, notification: Notification) -> None:
+        await self._audit_receipt(notification)
         resource_type, _, query = self.config.criteria.partition("?")
         assert self._watermark is not None
         params = [

@@ -256,6 +256,25 @@ class Matrix:
         """The role's rights on a type (none when the type is absent). Unknown role: KeyError."""
         return self.roles[role].get(rtype, NO_PERMISSION)
 
+    def performable(self) -> Mapping[str, frozenset[Action]]:
+        """Per resource type, every action at least one role may perform (types none may: absent).
+
+        What the CapabilityStatement may promise. Search follows read.
+        """
+        found: dict[str, set[Action]] = {}
+        scoped: tuple[Action, ...] = ("read", "update", "delete", "search")
+        for permissions in self.roles.values():
+            for rtype, permission in permissions.items():
+                actions = found.setdefault(rtype, set())
+                if permission.create:
+                    actions.add("create")
+                for action in scoped:
+                    if permission.scope(action) is not None:
+                        actions.add(action)
+        return MappingProxyType(
+            {rtype: frozenset(actions) for rtype, actions in found.items() if actions}
+        )
+
     def scopes(self, role: str, client_id: str, grants: Mapping[str, Sequence[str]]) -> Scopes:
         """The role's rights for one app as structured scopes (see the module rule)."""
         result: list[ScopeGrant] = []

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from hub.access.apps import Snapshot
 from hub.access.matrix import Action, Scopes
+from hub.fhir.outcome import FhirError, forbidden
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,17 @@ class Access:
 
     caller: Caller
     granted: Scopes  # from the current configuration
+    role: str  # the app's role in the matrix, named when a right is refused
+
+    def refusal(self, interaction: str, target: str, why: str | None = None) -> FhirError:
+        """403 naming the role, the interaction it does not allow and its target.
+
+        `interaction` is a restful-interaction code (`update`, `search-type`, ...);
+        `target` a type or `Type/id`. The text is the OperationOutcome's and so the
+        AuditEvent's `outcomeDesc`: an integrator and an auditor both see what to ask for.
+        """
+        text = f"Access denied: the role {self.role!r} does not allow {interaction!r} on {target}"
+        return forbidden(f"{text}: {why}" if why else text)
 
     def allows(self, action: Action, rtype: str, origin: str | None) -> bool:
         return self.granted.allows(action, rtype, origin) and self.caller.token_scopes.allows(

@@ -57,12 +57,25 @@ __all__ = [
 ]
 
 
-class InvalidToken(Exception):
-    """A bearer token the hub does not accept; `reason` is for the log, never the client."""
+# Why a bearer token is refused, as the 401's `error_description` tells the client
+# (RFC 6750 §3): one of these few, never the detail (`InvalidToken.reason`, for the log).
+MALFORMED = "The access token is malformed"
+EXPIRED = "The access token has expired"
+NOT_FOR_THIS_DOMAIN = "The access token is not for this domain"
+BAD_SIGNATURE = "The access token's signature does not verify"
 
-    def __init__(self, reason: str) -> None:
+
+class InvalidToken(Exception):
+    """A bearer token the hub does not accept.
+
+    `reason` is the detail, for the log only; `description` is one of the fixed texts
+    above, which the client may hear (what to fix without telling how the hub checks).
+    """
+
+    def __init__(self, reason: str, description: str = MALFORMED) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.description = description
 
 
 class UnknownKeyId(InvalidToken):
@@ -149,18 +162,21 @@ def _verified_claims(token: str, *, keys: KeySet, algorithm: str) -> tuple[dict[
     except (JoseError, ValueError, UnicodeError) as exc:
         raise InvalidToken(f"malformed token: {exc}") from exc
     if header.get("alg") != algorithm:
-        raise InvalidToken(f"alg {header.get('alg')!r} is not the hub's {algorithm}")
+        raise InvalidToken(f"alg {header.get('alg')!r} is not the hub's {algorithm}", BAD_SIGNATURE)
     kid = header.get("kid")
     key = _key_for(keys, kid)
     if key is None:
-        raise UnknownKeyId(f"unknown kid {kid!r}")
+        raise UnknownKeyId(f"unknown kid {kid!r}", BAD_SIGNATURE)
     try:
         verified = jws.deserialize_compact(token, key, algorithms=[algorithm])
-        claims = json.loads(verified.payload)
     except BadSignatureError as exc:
-        raise InvalidToken("bad signature") from exc
+        raise InvalidToken("bad signature", BAD_SIGNATURE) from exc
     except (JoseError, ValueError) as exc:
-        raise InvalidToken(f"not verifiable: {exc}") from exc
+        raise InvalidToken(f"not verifiable: {exc}", BAD_SIGNATURE) from exc
+    try:
+        claims = json.loads(verified.payload)
+    except ValueError as exc:
+        raise InvalidToken(f"payload is not JSON: {exc}") from exc
     if not isinstance(claims, dict):
         raise InvalidToken("payload is not a JSON object")
     return claims, key
@@ -169,16 +185,19 @@ def _verified_claims(token: str, *, keys: KeySet, algorithm: str) -> tuple[dict[
 def _check_claims(
     claims: dict[str, Any], *, issuer: str, audience: str, now: datetime
 ) -> AccessToken:
+    # The issuer is per domain too (`<public url>/<domain>/oauth2`).
     if claims.get("iss") != issuer:
-        raise InvalidToken(f"iss {claims.get('iss')!r} is not this hub")
+        raise InvalidToken(f"iss {claims.get('iss')!r} is not {issuer}", NOT_FOR_THIS_DOMAIN)
     aud = claims.get("aud")
     if audience not in (aud if isinstance(aud, list) else [aud]):
-        raise InvalidToken(f"aud {aud!r} is not {audience} (a token of another domain?)")
+        raise InvalidToken(
+            f"aud {aud!r} is not {audience} (a token of another domain?)", NOT_FOR_THIS_DOMAIN
+        )
     exp = claims.get("exp")
     if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
         raise InvalidToken(f"exp missing or not a NumericDate: {exp!r}")
     if exp <= now.timestamp():
-        raise InvalidToken(f"expired at {exp}")
+        raise InvalidToken(f"expired at {exp}", EXPIRED)
     client_id, scope, jti = claims.get("azp"), claims.get("scope"), claims.get("jti")
     if not isinstance(client_id, str) or not isinstance(scope, str) or not isinstance(jti, str):
         raise InvalidToken("azp, scope or jti missing")

@@ -21,13 +21,26 @@ from hub.runtime import Runtime
 log = logging.getLogger("hub.auth")
 
 
-def unauthorized(error: str = "invalid_token") -> FhirError:
-    # RFC 6750 §3: the challenge names the problem but, per Koppeltaal, stays minimal.
+# The refused token names a client that this domain no longer has (apps file reloaded).
+NOT_REGISTERED = "The access token's client is not registered in this domain"
+
+
+def unauthorized(description: str) -> FhirError:
+    """401 `invalid_token` saying why (RFC 6750 §3): one of a few fixed texts, no detail.
+
+    `description` goes in the challenge's `error_description` and the
+    OperationOutcome (so in the AuditEvent's `outcomeDesc`); the detail stays in the log.
+    """
     return FhirError.single(
         401,
         "login",
-        "Authentication required: a valid bearer access token of this domain",
-        headers={"WWW-Authenticate": f'Bearer realm="koppeltaal", error="{error}"'},
+        f"Authentication required: a valid bearer access token of this domain. {description}",
+        headers={
+            "WWW-Authenticate": (
+                f'Bearer realm="koppeltaal", error="invalid_token", '
+                f'error_description="{description}"'
+            )
+        },
     )
 
 
@@ -51,17 +64,18 @@ def authenticate(runtime: Runtime, request: Request, domain: str) -> Access:
             verified = _verify(runtime, token.strip(), domain)
     except InvalidToken as exc:
         log.info("access token refused on %s: %s", domain, exc)
-        raise unauthorized() from exc
+        raise unauthorized(exc.description) from exc
     # From here on, every log line of the request names its client.
     logs.note(client_id=verified.client_id)
     snapshot = runtime.access.snapshot
+    app = snapshot.registry.app(domain, verified.client_id)
     granted = role_scopes(snapshot, domain, verified.client_id)
-    if granted is None:
+    if app is None or granted is None:
         log.info(
             "access token of %s refused: no longer registered in %s", verified.client_id, domain
         )
-        raise unauthorized()
-    return Access(Caller(domain, verified.client_id, verified.scopes), granted)
+        raise unauthorized(NOT_REGISTERED)
+    return Access(Caller(domain, verified.client_id, verified.scopes), granted, app.role)
 
 
 def _verify(runtime: Runtime, token: str, domain: str) -> AccessToken:

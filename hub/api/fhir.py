@@ -76,16 +76,40 @@ def response_media_type(request: Request) -> str:
     accept = request.headers.get("accept", "")
     if not accept.strip():
         return FHIR_JSON
-    offered = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    ranges = [_media_range(part) for part in accept.split(",")]
+    offered = [media for media, version in ranges if version is None or version in _R4_VERSIONS]
     if FHIR_JSON in offered or "*/*" in offered or "application/*" in offered:
         return FHIR_JSON
     if PLAIN_JSON in offered:
         return PLAIN_JSON
+    versions = sorted({version for _, version in ranges if version not in (None, *_R4_VERSIONS)})
+    if versions:
+        raise FhirError.single(
+            406,
+            "not-supported",
+            f"Cannot answer in fhirVersion {', '.join(map(repr, versions))}; this server speaks "
+            "FHIR R4 only (fhirVersion=4.0)",
+        )
     raise FhirError.single(
         406,
         "not-supported",
         f"Cannot answer in {accept!r}; this server speaks application/fhir+json",
     )
+
+
+# The `fhirVersion` media-type parameter values that name R4 (FHIR R4 http.html#version-parameter).
+_R4_VERSIONS = ("4.0", "4.0.1")
+
+
+def _media_range(part: str) -> tuple[str, str | None]:
+    """One Accept entry as its media type (lower case) and its `fhirVersion`, if any."""
+    media_type, *parameters = part.split(";")
+    version = None
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "fhirversion":
+            version = value.strip().strip('"')
+    return media_type.strip().lower(), version
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -109,8 +133,8 @@ async def read_limited(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed `limit` bytes.
 
     A declared `Content-Length` over the limit is refused before a byte of the body is
-    read, and the connection then closes rather than waiting for the rest. A body that
-    stops arriving is cut off by the connection guard (`hub.api.connections`): 408.
+    read. A body that stops arriving is cut off by the connection guard
+    (`hub.api.connections`): 408.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -134,11 +158,11 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 
 def too_large(limit: int) -> FhirError:
+    # No `Connection: close`: closing with the client's body unread would reset the
+    # connection before it reads this answer. uvicorn discards the rest of the body, and
+    # the connection guard's body deadline bounds how long that may take.
     return FhirError.single(
-        413,
-        "too-costly",
-        f"The request body exceeds the limit of {limit} bytes",
-        headers={"Connection": "close"},
+        413, "too-costly", f"The request body exceeds the limit of {limit} bytes"
     )
 
 
@@ -232,7 +256,7 @@ def _requested(request: Request, interaction: str, rtype: str | None) -> tuple[E
         version = f"/_history/{params['vid']}" if "vid" in params else ""
         return (Entity(what=f"{rtype}/{params['id']}{version}"),)
     if interaction == "search-type" and request.url.query:
-        return (query_entity(request.url.query),)
+        return (query_entity(rtype, request.url.query),)
     return ()
 
 
@@ -286,7 +310,10 @@ async def metadata(request: Request) -> Response:
         await exchange.fail(error)
         return error_response(error)
     statement = capability_statement(
-        runtime.fhir_base(domain), runtime.settings.token_endpoint(domain), runtime.version
+        runtime.fhir_base(domain),
+        runtime.settings.token_endpoint(domain),
+        runtime.version,
+        performable=runtime.access.matrix.performable(),
     )
     await exchange.finish(200, Audit())
     return FhirResponse(statement, 200, media_type=media_type)
@@ -336,7 +363,7 @@ async def search_post(request: Request) -> Response:
             return await _search(request, exchange, rtype, params, query_string)
         except FhirError as error:
             # The body is part of what was asked: the refusal names it too.
-            raise _Refused(error, (query_entity(query_string),)) from error
+            raise _Refused(error, (query_entity(rtype, query_string),)) from error
 
     return await perform(request, "search-type", operation, rtype=rtype)
 

@@ -59,6 +59,11 @@ def _until(seconds: float) -> str:
     return format_instant(utcnow() + timedelta(seconds=seconds))
 
 
+def _from(client_address: str | None) -> str:
+    """The caller's address for an event's description: its agent carries no `network`."""
+    return f" ({client_address})" if client_address else ""
+
+
 async def _audit_once(exchange: Exchange, entities: Sequence[Entity], description: str) -> None:
     await exchange.runtime.audit.record(
         exchange.domain, exchange.audit_event(429, entities, description)
@@ -179,11 +184,11 @@ async def token_limited(
         event = login_event(
             success=False,
             outcome_description=(
-                f"{error.error}: rate limited, too many token requests {what}; further 429s "
-                f"until {_until(REPORT_INTERVAL)} are not audited each"
+                f"{error.error}: rate limited, too many token requests {what}"
+                f"{_from(client_address)}; further 429s until {_until(REPORT_INTERVAL)} are "
+                "not audited each"
             ),
             client_device=None,
-            client_address=client_address,
             hub_device=HUB_DEVICE,
             site=runtime.settings.site,
             trace=trace,

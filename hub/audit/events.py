@@ -1,7 +1,14 @@
 """KT2AuditEvent builders: REST events of every interaction, `transmit` events, logins.
 
 Pure functions: they take what happened and return the AuditEvent as a dict,
-ready to be stored. Codes and shapes follow the Koppeltaal facts (AuditEvent).
+ready to be stored. Codes and shapes follow the Koppeltaal facts (AuditEvent) and
+write every coding as the reference implementation does (docs/architecture.md,
+"AuditEvent codings"): a `subtype` display, an `entity.type` from
+`resource-types`, the object-role displays, no `what` on a delete, and no
+`network` on the requesting application's agent.
+
+Events stored before these codings keep their old shape: the chain covers the
+stored JSON, so nothing here may ever rewrite them.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 from hub.fhir.bundle import format_instant
 from hub.fhir.extract import clip
 from hub.fhir.origin import RESOURCE_ORIGIN
+from hub.fhir.search_params import SUPPORTED_TYPES
 from hub.trace import TraceIds
 
 KT2_AUDIT_PROFILE = "http://koppeltaal.nl/fhir/StructureDefinition/KT2AuditEvent"
@@ -30,7 +38,7 @@ RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
 LIFECYCLE = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
-ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
 SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 
 # restful-interaction code → AuditEvent.action (Koppeltaal facts).
@@ -47,6 +55,15 @@ ACTIONS = {
     "operation": "E",
 }
 
+# object-role code → display, for the roles the hub's entities take.
+OBJECT_ROLES = {"24": "Query", "9": "Subscriber"}
+QUERY_ROLE = "24"
+SUBSCRIBER_ROLE = "9"
+
+# The entity detail that keeps the reference of a delete's resource: the event may
+# not name it in `entity.what` (the resource is gone), and an auditor still asks which.
+DELETED_REFERENCE = "reference"
+
 SOURCE_ROLE = {"system": DCM, "code": "110153", "display": "Source Role ID"}
 DESTINATION_ROLE = {"system": DCM, "code": "110152", "display": "Destination Role ID"}
 
@@ -60,29 +77,49 @@ def outcome_code(status: int) -> str:
 
 @dataclass(frozen=True)
 class Entity:
-    """Something an interaction touched: `Type/id/_history/n`, or a search query."""
+    """Something an interaction touched: `Type/id/_history/n`, or a search query of `rtype`."""
 
     what: str | None = None
     query: str | None = None
-    role: str | None = None  # object-role code, e.g. "24" Query, "9" Subscriber
+    role: str | None = None  # object-role code: QUERY_ROLE, SUBSCRIBER_ROLE
     detail: tuple[tuple[str, str], ...] = ()  # (type, valueString) facts about the entity
+    rtype: str | None = None  # the resource type where `what` names none (a search)
 
-    def to_json(self) -> dict[str, Any]:
+    @property
+    def resource_type(self) -> str | None:
+        """The entity's resource type, if it is one this hub serves."""
+        rtype = self.rtype
+        if rtype is None and self.what is not None:
+            rtype = self.what.partition("/")[0]
+        return rtype if rtype in SUPPORTED_TYPES else None
+
+    def to_json(self, *, reference: bool = True) -> dict[str, Any]:
+        """The entity as written; `reference=False` for a deleted resource, named in a detail."""
         entity: dict[str, Any] = {}
-        if self.what is not None:
+        details = [{"type": kind, "valueString": value} for kind, value in self.detail]
+        if self.what is not None and reference:
             entity["what"] = {"reference": self.what}
-            entity["type"] = {"system": ENTITY_TYPE, "code": "2", "display": "System Object"}
+        elif self.what is not None:
+            details.append({"type": DELETED_REFERENCE, "valueString": self.what})
+        rtype = self.resource_type
+        if rtype is not None:
+            entity["type"] = {"system": RESOURCE_TYPES, "code": rtype, "display": rtype}
         if self.role is not None:
-            entity["role"] = {"system": OBJECT_ROLE, "code": self.role}
+            entity["role"] = {
+                "system": OBJECT_ROLE,
+                "code": self.role,
+                "display": OBJECT_ROLES[self.role],
+            }
         if self.query is not None:
             entity["query"] = base64.b64encode(self.query.encode("utf-8")).decode("ascii")
-        if self.detail:
-            entity["detail"] = [{"type": kind, "valueString": value} for kind, value in self.detail]
+        if details:
+            entity["detail"] = details
         return entity
 
 
-def query_entity(query_string: str) -> Entity:
-    return Entity(query=query_string, role="24")
+def query_entity(rtype: str | None, query_string: str) -> Entity:
+    """The entity of a search: its query string, typed as the searched resource type."""
+    return Entity(query=query_string, role=QUERY_ROLE, rtype=rtype)
 
 
 def _extensions(trace: TraceIds, hub_device: str) -> list[dict[str, Any]]:
@@ -107,19 +144,15 @@ def _source(hub_device: str, site: str) -> dict[str, Any]:
 
 
 def _agent(
-    role: dict[str, str],
-    *,
-    device: str | None,
-    requestor: bool,
-    address: str | None = None,
-    address_type: str = "2",
+    role: dict[str, str], *, device: str | None, requestor: bool, endpoint: str | None = None
 ) -> dict[str, Any]:
+    """An agent; only a transmit's destination has a `network` (its endpoint, type 5)."""
     agent: dict[str, Any] = {"type": {"coding": [role]}}
     if device is not None:
         agent["who"] = {"reference": f"Device/{device}"}
     agent["requestor"] = requestor
-    if address:
-        agent["network"] = {"address": address, "type": address_type}
+    if endpoint:
+        agent["network"] = {"address": endpoint, "type": "5"}
     return agent
 
 
@@ -136,31 +169,35 @@ def rest_event(
     status: int,
     outcome_description: str | None,
     caller_device: str | None,
-    client_address: str | None,
     hub_device: str,
     site: str,
     trace: TraceIds,
     entities: Sequence[Entity],
     recorded: datetime,
 ) -> dict[str, Any]:
-    """The AuditEvent of one REST interaction; `caller_device` None = unauthenticated."""
+    """The AuditEvent of one REST interaction; `caller_device` None = unauthenticated.
+
+    A delete's entities carry their type but no `what`: the resource they would
+    reference is gone (its reference is kept in a `reference` detail).
+    """
     event: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "meta": {"profile": [KT2_AUDIT_PROFILE]},
         "extension": _extensions(trace, hub_device),
         "type": {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": RESTFUL_INTERACTION, "code": interaction}],
+        "subtype": [{"system": RESTFUL_INTERACTION, "code": interaction, "display": interaction}],
         "action": ACTIONS[interaction],
         "recorded": format_instant(recorded),
     }
     _with_outcome(event, status, outcome_description)
     event["agent"] = [
-        _agent(SOURCE_ROLE, device=caller_device, requestor=True, address=client_address),
+        _agent(SOURCE_ROLE, device=caller_device, requestor=True),
         _agent(DESTINATION_ROLE, device=hub_device, requestor=False),
     ]
     event["source"] = _source(hub_device, site)
     if entities:
-        event["entity"] = [entity.to_json() for entity in entities]
+        reference = interaction != "delete"
+        event["entity"] = [entity.to_json(reference=reference) for entity in entities]
     return event
 
 
@@ -169,7 +206,6 @@ def login_event(
     success: bool,
     outcome_description: str | None,
     client_device: str | None,
-    client_address: str | None,
     hub_device: str,
     site: str,
     trace: TraceIds,
@@ -192,7 +228,7 @@ def login_event(
     }
     _with_outcome(event, 200 if success else 401, outcome_description)
     event["agent"] = [
-        _agent(SOURCE_ROLE, device=client_device, requestor=True, address=client_address),
+        _agent(SOURCE_ROLE, device=client_device, requestor=True),
         _agent(DESTINATION_ROLE, device=hub_device, requestor=False),
     ]
     event["source"] = _source(hub_device, site)
@@ -239,8 +275,7 @@ def transmit_event(
             DESTINATION_ROLE,
             device=destination_device,
             requestor=False,
-            address=destination,
-            address_type="5",
+            endpoint=destination,
         ),
     ]
     event["source"] = _source(hub_device, site)
@@ -248,7 +283,9 @@ def transmit_event(
     if subscription is not None:
         subscription_id, criteria = subscription
         entities.append(
-            Entity(what=f"Subscription/{subscription_id}", query=criteria, role="9").to_json()
+            Entity(
+                what=f"Subscription/{subscription_id}", query=criteria, role=SUBSCRIBER_ROLE
+            ).to_json()
         )
     event["entity"] = entities
     return event

@@ -2,10 +2,14 @@
 
 Types, interactions and search parameters come from the same tables the
 server uses to route and search, so the statement cannot drift from the code.
+It promises only what some role of the loaded authorisation matrix may do
+(`performable`): a type no role may touch is left out, and so is an interaction
+(or operation) that no role may perform on its type.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,22 +57,45 @@ OPERATIONS: dict[str, list[dict[str, str]]] = {
 }
 
 
-def interactions_for(resource_type: str) -> list[str]:
-    codes = ["read", "vread", "create", "search-type", "history-instance"]
-    if resource_type not in _APPEND_ONLY:
-        codes[3:3] = ["update", "delete"]
-    return codes
+# The matrix action (hub.access.matrix) each interaction and operation needs.
+_INTERACTIONS: tuple[tuple[str, str], ...] = (
+    ("read", "read"),
+    ("vread", "read"),
+    ("update", "update"),
+    ("delete", "delete"),
+    ("create", "create"),
+    ("search-type", "search"),
+    ("history-instance", "read"),
+)
+_OPERATION_NEEDS = {"status": "read", "resend": "update", "chain-head": "read"}
 
 
-def capability_statement(fhir_base: str, token_url: str, version: str) -> dict[str, Any]:
+def interactions_for(resource_type: str, actions: Set[str]) -> list[str]:
+    """The interaction codes on `resource_type` that the matrix `actions` allow."""
+    return [
+        code
+        for code, action in _INTERACTIONS
+        if action in actions
+        and not (resource_type in _APPEND_ONLY and action in ("update", "delete"))
+    ]
+
+
+def capability_statement(
+    fhir_base: str, token_url: str, version: str, *, performable: Mapping[str, Set[str]]
+) -> dict[str, Any]:
+    """The statement; `performable` = per type, the actions some role may perform."""
     resources = []
     for resource_type in SUPPORTED_TYPES:
+        actions = performable.get(resource_type, frozenset())
+        interactions = interactions_for(resource_type, actions)
+        if not interactions:
+            continue
         params = params_for(resource_type)
         resources.append(
             {
                 "type": resource_type,
                 "profile": f"http://koppeltaal.nl/fhir/StructureDefinition/KT2{resource_type}",
-                "interaction": [{"code": code} for code in interactions_for(resource_type)],
+                "interaction": [{"code": code} for code in interactions],
                 "versioning": "versioned-update",
                 "readHistory": True,
                 "updateCreate": False,
@@ -81,8 +108,13 @@ def capability_statement(fhir_base: str, token_url: str, version: str) -> dict[s
                 ],
             }
         )
-        if resource_type in OPERATIONS:
-            resources[-1]["operation"] = OPERATIONS[resource_type]
+        operations = [
+            operation
+            for operation in OPERATIONS.get(resource_type, [])
+            if _OPERATION_NEEDS.get(operation["name"], "read") in actions
+        ]
+        if operations:
+            resources[-1]["operation"] = operations
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -18,6 +18,8 @@ The rules follow the FHIR R4 search page:
 - date: the closed-open UTC range `[low, high)` that a date, dateTime, instant
   or Period covers at its precision. Times without zone, and dates, are UTC.
 - uri: the string as is.
+- phonetic (R4's `phonetic`, a string parameter): a token row, without system, per
+  phonetic key (`hub.fhir.phonetic`) of each word of a HumanName's text, family and given.
 
 `_id` and `_lastUpdated` are columns of `resources`, not index rows.
 """
@@ -32,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 from hub.fhir.fhirpath import reference_target
+from hub.fhir.phonetic import name_keys
 from hub.fhir.search_params import SearchParam, params_for
 
 # Index columns are bounded, and PostgreSQL limits a whole b-tree entry to 2,704 bytes
@@ -250,6 +253,23 @@ def _strings(param: str, value: Any) -> Iterable[StringRow]:
                     yield StringRow(param, normalize(text), text)
 
 
+# The parts of a HumanName that `phonetic` looks at: "a portion of family or given name".
+_NAME_PARTS = ("text", "family", "given")
+
+
+def _phonetic_tokens(param: str, value: Any) -> Iterable[TokenRow]:
+    """One token row per phonetic key of the name's words (`hub.fhir.phonetic.name_keys`)."""
+    texts: list[Any] = [value] if isinstance(value, str) else []
+    if isinstance(value, Mapping):
+        for part in _NAME_PARTS:
+            parts = value.get(part)
+            texts.extend(parts if isinstance(parts, list) else [parts])
+    for text in texts:
+        if isinstance(text, str):
+            for key in name_keys(text):
+                yield TokenRow(param, None, clip(key, MAX_CODE), None)
+
+
 def reference_row(param: str, reference: str) -> ReferenceRow | None:
     """The index row of one reference string (relative, absolute or canonical)."""
     if not reference or reference.startswith("#"):
@@ -306,7 +326,9 @@ def extract(resource: Mapping[str, Any]) -> IndexValues:
         if param.column is not None:
             continue
         for value in _evaluate(param, resource):
-            if param.type == "token":
+            if param.kind == "phonetic":
+                tokens.extend(_phonetic_tokens(param.code, value))
+            elif param.type == "token":
                 tokens.extend(_tokens(param.code, value))
             elif param.type == "string":
                 strings.extend(_strings(param.code, value))

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from hub.fhir import jsonio
+from hub.fhir.bindings import check_values
 from hub.fhir.outcome import FhirError, Issue, bad_request
 from hub.fhir.search_params import SUPPORTED_TYPES
 
@@ -192,6 +193,9 @@ def validate(resource: Mapping[str, Any], *, rules: Rules | None = None) -> None
     model refuses too, both say the same thing and only the rule's issue (which knows
     what the element is for) is kept; what the model says about a value's characters
     or format, or about unknown elements, is always kept: rules do not check that.
+    `hub.fhir.bindings` adds what the model lets through (a code outside its required
+    binding, a primitive of the wrong JSON type), in place of the model's own word on
+    the same element.
     """
     resource_type = str(resource["resourceType"])
     shape = list(_empty_values(dict(resource), resource_type))
@@ -223,7 +227,17 @@ def validate(resource: Mapping[str, Any], *, rules: Rules | None = None) -> None
             raise
         other += unknown
     own = list(rules(resource)) if rules is not None else []
-    named = {issue.expression for issue in own}
-    issues = [*(issue for issue in shape if issue.expression not in named), *other, *own]
+    # What the model coerces or lets through: a primitive's JSON type, a bound code.
+    # Where it names an element the model complained about too, it says it precisely.
+    # A rule's word on an element comes first, as it does over the model's.
+    ruled = {issue.expression for issue in own}
+    values = [issue for issue in check_values(resource) if issue.expression not in ruled]
+    typed = {issue.expression for issue in values}
+    issues = [
+        *(issue for issue in shape if issue.expression not in typed | ruled),
+        *(issue for issue in other if issue.expression not in typed),
+        *values,
+        *own,
+    ]
     if issues:
         raise FhirError(400, issues)

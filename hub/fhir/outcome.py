@@ -7,6 +7,7 @@ interaction (and its transaction) with a clear, located message.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,6 +28,16 @@ def shortened(text: str, limit: int) -> str:
     return f"{text[:limit]}… ({len(text):,} characters)"
 
 
+# Whitespace other than space, tab, CR and LF, and control characters: a FHIR string
+# (R4 §2.24.0.1, regex `[ \r\n\t\S]+`) holds none of them.
+_NOT_IN_STRING = re.compile(r"[^ \r\n\t\S]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def fhir_string(text: str) -> str:
+    """`text` with what a FHIR string may not hold written as `\\uXXXX` (a name a client sent)."""
+    return _NOT_IN_STRING.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+
+
 @dataclass(frozen=True)
 class Issue:
     """One OperationOutcome.issue: what went wrong (`code`, `diagnostics`) and where."""
@@ -40,10 +51,13 @@ class Issue:
         issue: dict[str, Any] = {
             "severity": self.severity,
             "code": self.code,
-            "diagnostics": self.diagnostics,
+            "diagnostics": fhir_string(self.diagnostics),
         }
-        if self.expression:
-            issue["expression"] = list(self.expression)
+        # A FHIR string is never empty: an empty parameter name (`?=x`) is named by the
+        # diagnostics alone.
+        expression = [fhir_string(text) for text in self.expression if text]
+        if expression:
+            issue["expression"] = expression
         return issue
 
 

@@ -31,8 +31,10 @@ from datetime import datetime
 from typing import Literal, cast
 from urllib.parse import parse_qsl
 
+from hub.fhir.bindings import token_codes
 from hub.fhir.extract import MAX_CODE, MAX_URL, clip, date_range, normalize, reference_row
 from hub.fhir.outcome import bad_request
+from hub.fhir.phonetic import query_key
 from hub.fhir.search_params import SUPPORTED_TYPES, SearchParam, params_for
 
 Prefix = Literal["eq", "ne", "lt", "le", "gt", "ge", "sa", "eb"]
@@ -45,6 +47,7 @@ _MODIFIERS: dict[str, frozenset[str]] = {
     "reference": frozenset({"missing"}),
     "date": frozenset({"missing"}),
     "uri": frozenset({"missing", "below", "above"}),
+    "phonetic": frozenset({"missing"}),
 }
 _COLUMN_MODIFIERS = {"_id": frozenset({"not"}), "_lastUpdated": frozenset[str]()}
 # Modifiers FHIR R4 defines: outside this set a modifier is simply unknown.
@@ -53,6 +56,8 @@ _FHIR_MODIFIERS = frozenset(
      "identifier", "ofType", "iterate", "type"}
 )  # fmt: skip
 _CONTROLS = frozenset({"_count", "_sort", "_total", "_summary", "_cursor", "_format"})
+# The kinds of parameter `_sort` orders by (`hub.store.search` says how): not uri or phonetic.
+_SORTABLE = frozenset({"date", "string", "token", "reference"})
 # Result controls that make no sense in Subscription.criteria, whatever their value.
 _NOT_IN_CRITERIA: dict[str, str] = {
     "_cursor": "it is a position in the pages of one earlier search",
@@ -63,7 +68,7 @@ _NOT_IN_CRITERIA: dict[str, str] = {
 # database must plan, and planning time grows faster than the clause count (on PostgreSQL 200
 # `name=` clauses took over 50 s to plan; 30 take well under 0.1 s), so a search is refused
 # with a 400 long before it could hold a pooled connection: 30 clauses, enough for every
-# parameter of the richest type (Patient has 29) once each, which the CapabilityStatement
+# parameter of the richest type (Patient has 30) once each, which the CapabilityStatement
 # promises; a chain counts as one, unknown and empty parameters count too, result controls do
 # not. And 50 values per clause: an OR of ids or codes a client may reasonably batch.
 MAX_CLAUSES = 30
@@ -149,7 +154,7 @@ class Clause:
 
 @dataclass(frozen=True)
 class SortKey:
-    code: str  # `_id`, `_lastUpdated` or a date parameter
+    code: str  # `_id`, `_lastUpdated`, or a date, string, token or reference parameter
     descending: bool = False
 
 
@@ -284,9 +289,18 @@ def parse_criteria(criteria: str) -> Query:
 
 
 def parse_search(
-    resource_type: str, params: Sequence[tuple[str, str]], *, strict: bool = False
+    resource_type: str,
+    params: Sequence[tuple[str, str]],
+    *,
+    strict: bool = False,
+    any_code: bool = False,
 ) -> Query:
-    """Parse search parameters `params` of `resource_type` into a `Query` (400 on errors)."""
+    """Parse search parameters `params` of `resource_type` into a `Query` (400 on errors).
+
+    A token value outside the required binding of its parameter's element
+    (`Task?status=compleeted`) can never match: a 400, unless `any_code` (the caller
+    asked `Prefer: handling=lenient`), when it simply matches nothing.
+    """
     if resource_type not in SUPPORTED_TYPES:
         raise bad_request(f"Resource type {resource_type!r} is not supported")
     _refuse_too_many(params)
@@ -308,7 +322,10 @@ def parse_search(
         if named is None:
             unknown.append(name)
         elif value != "":  # An empty parameter is ignored (FHIR R4 §3.1.1.5).
-            clauses.append(named.clause(value))
+            clause = named.clause(value)
+            if not any_code:
+                _refuse_unbound_codes(clause, lenient_hint=not strict)
+            clauses.append(clause)
     return Query(
         resource_type=resource_type,
         clauses=tuple(clauses),
@@ -369,7 +386,7 @@ def _parse_name(resource_type: str, name: str, *, strict: bool) -> _Named | None
 
 def _modifier_allowed(param: SearchParam, modifier: str, name: str, *, strict: bool) -> bool:
     """Whether to use the clause; False = unknown modifier, ignored in lenient mode."""
-    allowed = _COLUMN_MODIFIERS.get(param.code, _MODIFIERS[param.type])
+    allowed = _COLUMN_MODIFIERS.get(param.code, _MODIFIERS[param.kind])
     if modifier in allowed:
         return True
     if _TYPE_NAME.fullmatch(modifier) and param.type == "reference":
@@ -436,6 +453,8 @@ def _clause(param: SearchParam, modifier: str | None, value: str, name: str) -> 
 
 
 def _value(param: SearchParam, modifier: str | None, raw: str, name: str) -> Value:
+    if param.kind == "phonetic":
+        return _phonetic_value(unescape(raw), name)
     if param.type == "token" and modifier != "text":
         parts = split_escaped(raw, "|", limit=1)
         if param.column is not None:
@@ -454,6 +473,14 @@ def _value(param: SearchParam, modifier: str | None, raw: str, name: str) -> Val
     if param.type == "date":
         return _date_value(raw, name)
     return _reference_value(param, modifier, unescape(raw), name)
+
+
+def _phonetic_value(text: str, name: str) -> TokenValue:
+    """The phonetic key of a name (`hub.fhir.phonetic`), matched like a token code."""
+    key = query_key(text)
+    if not key:
+        raise bad_request(f"{name}: {text!r} has no letters to compare by sound", name)
+    return TokenValue(None, clip(key, MAX_CODE))
 
 
 def _restore_plus(raw: str) -> str:
@@ -492,6 +519,25 @@ def _reference_value(
     return ReferenceValue(row.ref_type, row.ref_id, row.url)
 
 
+def _refuse_unbound_codes(clause: Clause, *, lenient_hint: bool) -> None:
+    """400 for a token code outside the required binding of the clause's element."""
+    inner = clause.innermost  # a chain's value is its last parameter's
+    if inner.param.type != "token" or inner.param.column is not None:
+        return
+    bound = token_codes(inner.param.expression)
+    if bound is None:
+        return
+    for value in inner.values:
+        code = value.code if isinstance(value, TokenValue) else None
+        if code is not None and not bound.allows(code):
+            raise bad_request(
+                bound.refusal(clause.name, code)
+                + (" (Prefer: handling=lenient searches anyway)" if lenient_hint else ""),
+                clause.name,
+                code="code-invalid",
+            )
+
+
 def _parse_count(value: str | None) -> int | None:
     if value is None:
         return None
@@ -506,9 +552,11 @@ def _parse_sort(resource_type: str, value: str | None) -> tuple[SortKey, ...]:
     for item in value.split(","):
         code = item.removeprefix("-")
         param = params.get(code)
-        if param is None or (param.type != "date" and code != "_id"):
+        if param is None or param.kind not in _SORTABLE:
             raise bad_request(
-                f"Cannot sort on {code!r}: use _id, _lastUpdated or a date parameter", "_sort"
+                f"Cannot sort {resource_type} on {code!r}: use _id, _lastUpdated or a date, "
+                "string, token or reference parameter of the type",
+                "_sort",
             )
         if any(key.code == code for key in keys):
             raise bad_request(f"_sort names {code} twice", "_sort")

@@ -26,6 +26,8 @@ from hub.fhir.fhirpath import Expression, compile_path
 
 ParamType = Literal["token", "reference", "string", "date", "uri"]
 PARAM_TYPES: tuple[ParamType, ...] = ("token", "reference", "string", "date", "uri")
+# How a parameter is indexed and matched: its FHIR type, but for `phonetic`.
+MatchKind = Literal["token", "reference", "string", "date", "uri", "phonetic"]
 
 SUPPORTED_TYPES: tuple[str, ...] = (
     "Communication", "Subscription", "AuditEvent", "Patient", "Task", "Device",
@@ -35,6 +37,10 @@ SUPPORTED_TYPES: tuple[str, ...] = (
 
 # Parameters answered from columns of `resources` rather than index rows.
 _COLUMNS = {"_id": "id", "_lastUpdated": "last_updated"}
+# Parameters matched otherwise than their FHIR type says. R4's `phonetic` (Patient,
+# Practitioner, RelatedPerson, Organization) is a string parameter, but matches by the
+# phonetic key of each word of a name (`hub.fhir.phonetic`), indexed as a token.
+_KINDS: dict[str, MatchKind] = {"phonetic": "phonetic"}
 
 GENERATED = Path(__file__).with_name("search_parameters.json")
 
@@ -61,6 +67,11 @@ class SearchParam:
     def column(self) -> str | None:
         """The `resources` column this parameter reads (`_id`, `_lastUpdated`), if any."""
         return _COLUMNS.get(self.code)
+
+    @property
+    def kind(self) -> MatchKind:
+        """How the hub indexes and matches it: its FHIR `type`, or `phonetic`."""
+        return _KINDS.get(self.code, self.type)
 
 
 @dataclass(frozen=True)

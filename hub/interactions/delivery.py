@@ -43,7 +43,13 @@ from hub.access.policy import subscriber_may_read
 from hub.audit.events import transmit_event
 from hub.audit.store import prepare as prepare_event
 from hub.net import DeliveryResult, OutboundClient
-from hub.notify.mail import MailError, compose_invitation, compose_new_message_notice, send_mail
+from hub.notify.mail import (
+    MailError,
+    compose_invitation,
+    compose_new_message_notice,
+    mail_tls_context,
+    send_mail,
+)
 from hub.notify.registry import LiveSubscription, SubscriptionIndex
 from hub.notify.retry import FAILURES_BEFORE_ERROR, SCHEDULE, describe_failure, next_attempt_delay
 from hub.notify.status import set_status
@@ -291,7 +297,12 @@ class Deliverer:
         except ValueError as exc:  # e.g. an address the composer refuses: retrying cannot help
             return Attempt(False, f"cannot compose the e-mail: {exc}", permanent=True)
         try:
-            await send_mail(smtp_url, message, timeout=settings.webhook_timeout)
+            await send_mail(
+                smtp_url,
+                message,
+                timeout=settings.webhook_timeout,
+                ssl_context=mail_tls_context(settings.ca_bundle),
+            )
         except MailError as exc:
             return Attempt(False, str(exc), permanent=exc.permanent)
         return Attempt(True, None)

@@ -25,7 +25,7 @@ from hub.audit.events import AUDIT_EVENT_TYPE, DCM, LIFECYCLE
 from hub.fhir import jsonio
 from hub.fhir.match import OriginsOf, Target, chain_targets, matches
 from hub.fhir.model import Rules
-from hub.fhir.outcome import FhirError, forbidden, unprocessable
+from hub.fhir.outcome import FhirError, unprocessable
 from hub.fhir.query import parse_criteria, parse_search
 from hub.interactions.devices import wanted_devices
 from hub.interactions.exchange import Exchange
@@ -127,7 +127,11 @@ async def _subscription_rules(
     criteria_type = criteria.resource_type
     access = exchange.authorised()
     if not access.may_search(criteria_type):
-        raise forbidden(f"The subscriber may not read {criteria_type} resources")
+        raise access.refusal(
+            "search-type",
+            criteria_type,
+            f"the Subscription's criteria search {criteria_type} resources for the subscriber",
+        )
     refuse_unreadable_chains(access, criteria)
     settings = exchange.runtime.settings
     app = exchange.runtime.access.registry.app(exchange.domain, access.caller.client_id)

@@ -32,11 +32,12 @@ class Prefer:
 
     return_: ReturnPreference = "representation"
     strict: bool = False
+    lenient: bool = False  # asked for: a search then takes codes outside a required binding
 
     @classmethod
     def parse(cls, header: str | None) -> Prefer:
         return_: ReturnPreference = "representation"
-        strict = False
+        strict = lenient = False
         for part in (header or "").replace(";", ",").split(","):
             name, _, value = part.strip().partition("=")
             value = value.strip().strip('"')
@@ -47,8 +48,8 @@ class Prefer:
             ):
                 return_ = value  # type: ignore[assignment]
             elif name.strip().lower() == "handling":
-                strict = value == "strict"
-        return cls(return_, strict)
+                strict, lenient = value == "strict", value == "lenient"
+        return cls(return_, strict, lenient)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,6 @@ class Exchange:
             status=status,
             outcome_description=description,
             caller_device=caller.client_id if caller is not None else None,
-            client_address=self.client_address,
             hub_device=HUB_DEVICE,
             site=self.runtime.settings.site,
             trace=self.trace,

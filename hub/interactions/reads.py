@@ -22,7 +22,7 @@ from hub.access.policy import Access
 from hub.audit.events import Entity, query_entity
 from hub.fhir import jsonio
 from hub.fhir.bundle import Entry, bundle, format_instant
-from hub.fhir.outcome import FhirError, Issue, forbidden, not_found, operation_outcome
+from hub.fhir.outcome import FhirError, Issue, not_found, operation_outcome
 from hub.fhir.query import Query, parse_search, parse_whole_number, whole_number
 from hub.interactions.exchange import Audit, Exchange
 from hub.store import resources
@@ -64,7 +64,7 @@ async def _readable_current(exchange: Exchange, rtype: str, id: str) -> StoredRo
     if row is None:
         raise not_found(f"{rtype}/{id} does not exist")
     if not access.allows("read", rtype, row.origin):
-        raise forbidden()
+        raise access.refusal(exchange.interaction, f"{rtype}/{id}")
     return row
 
 
@@ -144,7 +144,8 @@ COSTLY_SEARCH = 40
 
 
 def search_query(exchange: Exchange, rtype: str, params: Sequence[tuple[str, str]]) -> Query:
-    return parse_search(rtype, params, strict=exchange.prefer.strict)
+    prefer = exchange.prefer
+    return parse_search(rtype, params, strict=prefer.strict, any_code=prefer.lenient)
 
 
 def refuse_unreadable_chains(access: Access, query: Query) -> None:
@@ -155,7 +156,8 @@ def refuse_unreadable_chains(access: Access, query: Query) -> None:
     for clause in query.clauses:
         target = clause.target_type
         if target is not None and access.readable_origins(target) == frozenset():
-            raise forbidden(f"{clause.name} looks into {target} resources, which may not be read")
+            why = f"{clause.name} looks into {target} resources, which may not be read"
+            raise access.refusal("read", target, why)
 
 
 def _page_url(base: str, query: Query, cursor: str | None) -> str:
@@ -179,7 +181,7 @@ async def search(
     """
     access = exchange.authorised()
     if not access.may_search(rtype):
-        raise forbidden()
+        raise access.refusal(exchange.interaction, rtype)
     query = search_query(exchange, rtype, params)
     refuse_unreadable_chains(access, query)
     settings = exchange.runtime.settings
@@ -199,7 +201,7 @@ async def search(
     base = exchange.runtime.fhir_base(exchange.domain)
     audit = Audit(
         (
-            query_entity(query_string),
+            query_entity(rtype, query_string),
             *(_version_entity(row.rtype, row.id, row.version_id) for row in page.rows),
         )
     )

@@ -42,7 +42,7 @@ from hub.fhir.bundle import format_instant
 from hub.fhir.extract import extract, instant
 from hub.fhir.match import chain_targets, matches
 from hub.fhir.model import is_supported, parse_body
-from hub.fhir.outcome import FhirError, bad_request, forbidden, not_found, unprocessable
+from hub.fhir.outcome import FhirError, bad_request, not_found, unprocessable
 from hub.fhir.query import parse_search
 from hub.interactions.exchange import Audit, Exchange
 from hub.interactions.reads import gone
@@ -229,7 +229,7 @@ def _subscription(exchange: Exchange, id: str, action: Action) -> Work[StoredRow
     if row is None:
         raise not_found(f"Subscription/{id} does not exist")
     if not access.allows(action, "Subscription", row.origin):
-        raise forbidden()
+        raise access.refusal(exchange.interaction, f"Subscription/{id}", f"it needs {action}")
     if row.deleted:
         raise gone("Subscription", id)
     return row
@@ -262,7 +262,11 @@ async def chain_head(exchange: Exchange) -> Answered:
     """
     access = exchange.authorised()
     if access.origins("read", "AuditEvent") is not None:
-        raise forbidden("The audit chain's head is for a role that may read every AuditEvent")
+        raise access.refusal(
+            exchange.interaction,
+            "AuditEvent/$chain-head",
+            "the audit chain's head is for a role that may read every AuditEvent",
+        )
     seq, digest = await exchange.runtime.database.read(stored_chain_head(exchange.domain))
     parameters = {
         "resourceType": "Parameters",
@@ -526,7 +530,6 @@ async def retry_as_operator(
             status=200,
             outcome_description=None,
             caller_device=HUB_DEVICE,
-            client_address=None,
             hub_device=HUB_DEVICE,
             site=site,
             trace=TraceIds.new(),

@@ -73,25 +73,34 @@ async def _audit_login(
     client_address: str | None,
     trace: TraceIds,
 ) -> None:
-    """Record the token request before answering it, granted or refused.
-
-    A refusal names the client the assertion claimed in the description, never as the
-    agent: the claim is unproven. The reason stays in the log, as for the client.
-    """
+    """Record the token request before answering it, granted or refused."""
     claimed = claimed_client(fields.get("client_assertion"))
-    description = None
-    if error is not None:
-        description = f"{error.error}: {error.public_description}"
-        if claimed is not None:
-            description += f" (assertion claims client_id {claimed!r})"
     event = login_event(
         success=error is None,
-        outcome_description=description,
+        outcome_description=(
+            None if error is None else refusal_description(error, claimed, client_address)
+        ),
         client_device=claimed if error is None else None,
-        client_address=client_address,
         hub_device=HUB_DEVICE,
         site=runtime.settings.site,
         trace=trace,
         recorded=utcnow(),
     )
     await runtime.audit.record(domain, event)
+
+
+def refusal_description(error: OAuthError, claimed: str | None, client_address: str | None) -> str:
+    """The `outcomeDesc` of a refused token request: the public error, then why and from where.
+
+    The client hears only its single RFC 6749 error (`invalid_client` for every
+    assertion problem); the trail keeps the reason the log has. It names the client
+    the assertion claimed here, never as the agent: the claim is unproven. The agent
+    carries no `network`, so the caller's address is named here too.
+    """
+    description = f"{error.error}: {error.public_description}"
+    if error.log_detail and error.log_detail != error.public_description:
+        description += f" ({error.log_detail})"
+    known = [f"assertion claims client_id {claimed!r}"] if claimed is not None else []
+    if client_address:
+        known.append(f"from {client_address}")
+    return f"{description} [{'; '.join(known)}]" if known else description

@@ -207,7 +207,7 @@ def _versioned(
 async def create(exchange: Exchange, rtype: str, body: bytes) -> Written:
     access = exchange.authorised()
     if not access.may_create(rtype):
-        raise forbidden()
+        raise access.refusal(exchange.interaction, rtype)
     rules = effects.rules_for(rtype)
     runtime = exchange.runtime
     resource = await cpu_bound(runtime, len(body), _checked, rtype, body, rules)
@@ -235,7 +235,7 @@ async def update(
     if current is None:
         raise not_found(f"{rtype}/{id} does not exist")
     if not access.allows("update", rtype, current.origin):
-        raise forbidden()
+        raise access.refusal(exchange.interaction, f"{rtype}/{id}")
     if current.deleted:
         raise gone(rtype, id)
     expected_version = _parse_if_match(if_match)
@@ -261,7 +261,7 @@ def _delete(exchange: Exchange, rtype: str, id: str) -> Work[Deleted]:
     if row is None:
         raise not_found(f"{rtype}/{id} does not exist")
     if not access.allows("delete", rtype, row.origin):
-        raise forbidden()
+        raise access.refusal(exchange.interaction, f"{rtype}/{id}")
     rules = effects.rules_for(rtype)
     rules.check_deletable(exchange, id)
     if row.deleted:

@@ -4,26 +4,28 @@ E-mail is not a safe place for medical information, so the patient only learns T
 there is a message, never what it says: the composers take an address and a link and
 nothing else. They cannot leak a subject or a message text they never receive.
 
-Sending uses the standard library's blocking `smtplib` in a worker thread; a failure
-raises `MailError`, which the caller turns into a retry (or, when `permanent`, gives up).
+Sending uses aiosmtplib on the event loop (plain SMTP, STARTTLS or implicit TLS, with
+login from the URL); a failure raises `MailError`, which the caller turns into a retry
+(or, when `permanent`, gives up).
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import smtplib
+import functools
 import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from urllib.parse import unquote, urlsplit
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
+import aiosmtplib
+
+from hub.net.tls import tls_context
 from hub.syntax import is_email_address
-
-_DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
 
 
 class MailError(Exception):
@@ -132,6 +134,21 @@ def compose_invitation(to: str, registration_url: str, sender: str) -> EmailMess
     return _compose(to, sender, _INVITATION_SUBJECT, _INVITATION_TEXT, registration_url)
 
 
+_TEST_SUBJECT = "Testbericht / Test message (Koppeltaal Hub)"
+_TEST_TEXT = """\
+Dit is een testbericht van de Koppeltaal Hub: e-mail aan patiënten komt aan.
+
+This is a test message from the Koppeltaal Hub: e-mail to patients arrives.
+
+{link}
+"""
+
+
+def compose_test_message(to: str, hub_url: str, sender: str) -> EmailMessage:
+    """What `hub mail test` sends: the same headers as a patient notice, no patient."""
+    return _compose(to, sender, _TEST_SUBJECT, _TEST_TEXT, hub_url)
+
+
 def _compose(to: str, sender: str, subject: str, template: str, link: str) -> EmailMessage:
     if not is_email_address(to):
         raise ValueError("the recipient is not a valid e-mail address")
@@ -158,33 +175,64 @@ def _domain_of(message: EmailMessage) -> str:
 # -- sending --------------------------------------------------------------------------
 
 
+class Security(enum.Enum):
+    """How the connection to the SMTP server is protected."""
+
+    NONE = "none"  # plain SMTP: a relay on the same host or a trusted network
+    STARTTLS = "starttls"  # plain connect, then STARTTLS before anything else, or fail
+    TLS = "tls"  # TLS from the first byte (implicit TLS, `smtps://`)
+
+
+# scheme → (protection, default port): RFC 5321 relay, RFC 6409 submission, RFC 8314.
+_SCHEMES = {
+    "smtp": (Security.NONE, 25),
+    "submission": (Security.STARTTLS, 587),
+    "smtps": (Security.TLS, 465),
+}
+_BOOLEANS = {"true": True, "false": False}
+
+
 @dataclass(frozen=True)
 class SmtpTarget:
-    """Where and how to deliver: parsed from `smtp://[user:password@]host[:port]`."""
+    """Where and how to deliver: parsed from `HUB_SMTP_URL` by `parse_smtp_url`."""
 
-    use_tls: bool  # smtps: TLS from the first byte (implicit TLS, port 465)
+    security: Security
     host: str
     port: int
     username: str | None = None
     password: str | None = field(default=None, repr=False)
 
-    def __str__(self) -> str:  # for messages: never shows the password
-        return f"{'smtps' if self.use_tls else 'smtp'}://{self.host}:{self.port}"
+    def __str__(self) -> str:  # for messages and logs: never shows the user or password
+        if self.security is Security.TLS:
+            return f"smtps://{self.host}:{self.port}"
+        if self.security is Security.STARTTLS:
+            return f"smtp://{self.host}:{self.port}?starttls=true"
+        return f"smtp://{self.host}:{self.port}"
 
 
 def parse_smtp_url(smtp_url: str) -> SmtpTarget:
-    """Parse `HUB_SMTP_URL`; raises ValueError (without echoing a password) when malformed."""
+    """Parse `HUB_SMTP_URL`; raises ValueError (without echoing a password) when malformed.
+
+    `smtp://[user:password@]host[:port]` is plain SMTP (port 25), `?starttls=true`
+    requires STARTTLS on it; `submission://` is message submission (port 587) with
+    STARTTLS required; `smtps://` is implicit TLS (port 465). User and password are
+    percent-encoded. Nothing else is accepted, so a typo never silently sends in clear.
+    """
     parts = urlsplit(smtp_url)
-    if parts.scheme not in _DEFAULT_PORTS:
-        raise ValueError("the SMTP URL must start with smtp:// or smtps://")
+    if parts.scheme not in _SCHEMES:
+        raise ValueError("the SMTP URL must start with smtp://, submission:// or smtps://")
+    security, default_port = _SCHEMES[parts.scheme]
     try:
-        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        port = parts.port or default_port
     except ValueError:
         raise ValueError("the SMTP URL has an invalid port") from None
     if not parts.hostname:
         raise ValueError("the SMTP URL has no host")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise ValueError("the SMTP URL has a path or fragment; give only host, port and ?starttls")
+    security = _with_starttls_option(parts.scheme, security, parts.query)
     return SmtpTarget(
-        use_tls=parts.scheme == "smtps",
+        security=security,
         host=parts.hostname,
         port=port,
         username=unquote(parts.username) if parts.username else None,
@@ -192,64 +240,88 @@ def parse_smtp_url(smtp_url: str) -> SmtpTarget:
     )
 
 
+def _with_starttls_option(scheme: str, security: Security, query: str) -> Security:
+    options = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(options) - {"starttls"})
+    if unknown:
+        raise ValueError(f"the SMTP URL has an unknown parameter {unknown[0]!r} (only starttls)")
+    if "starttls" not in options:
+        return security
+    values = options["starttls"]
+    if len(values) != 1 or values[0].lower() not in _BOOLEANS:
+        raise ValueError("the SMTP URL's starttls must be true or false")
+    wanted = _BOOLEANS[values[0].lower()]
+    if scheme == "smtp":
+        return Security.STARTTLS if wanted else Security.NONE
+    if scheme == "submission" and wanted:
+        return security
+    raise ValueError(
+        "submission:// always uses STARTTLS"
+        if scheme == "submission"
+        else "smtps:// is TLS from the start; starttls does not apply"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def mail_tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """The trust a mail server's certificate is verified against: the hub's (HUB_CA_BUNDLE)."""
+    return tls_context(ca_bundle)
+
+
 async def send_mail(
     smtp_url: str,
     message: EmailMessage,
     *,
-    # A socket timeout for smtplib, not an asyncio one: cancelling the await cannot stop
-    # the worker thread, only the socket timeout can.
-    timeout: float,  # noqa: ASYNC109
+    timeout: float,  # noqa: ASYNC109 - aiosmtplib's per-operation timeout
     ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Deliver `message` to the SMTP server of `smtp_url`, or raise MailError.
 
-    `smtp://` talks plain SMTP (a relay on the same host or network); `smtps://` uses
-    implicit TLS, verified against `ssl_context` (default: the system's trust store).
-    User and password in the URL (percent-encoded) log in first. `timeout` bounds each
-    network operation, not the whole exchange.
+    TLS (`smtps://`, or STARTTLS for `submission://` and `smtp://…?starttls=true`) is
+    verified against `ssl_context` (default: the system's trust store and certifi's);
+    STARTTLS is required there, so a server that does not offer it gets nothing, not
+    even the login. Plain `smtp://` never upgrades: a relay on a trusted network.
+    User and password in the URL log in first (the password appears in no message).
+    `timeout` bounds each network operation, not the whole exchange.
     """
-    target = parse_smtp_url(smtp_url)
-    # smtplib blocks; a thread keeps the event loop serving requests meanwhile.
-    await asyncio.to_thread(_deliver, target, message, timeout, ssl_context)
-
-
-def _deliver(
-    target: SmtpTarget, message: EmailMessage, timeout: float, context: ssl.SSLContext | None
-) -> None:
     try:
-        client = (
-            smtplib.SMTP_SSL(
-                target.host,
-                target.port,
-                timeout=timeout,
-                context=context or ssl.create_default_context(),
-            )
-            if target.use_tls
-            else smtplib.SMTP(target.host, target.port, timeout=timeout)
+        target = parse_smtp_url(smtp_url)
+    except ValueError as error:  # settings validate the URL at start; retrying cannot help
+        raise MailError(f"cannot send mail: {error}", permanent=True) from None
+    try:
+        refused, _ = await aiosmtplib.send(
+            message,
+            hostname=target.host,
+            port=target.port,
+            username=target.username,
+            password=target.password if target.username is not None else None,
+            use_tls=target.security is Security.TLS,
+            start_tls=target.security is Security.STARTTLS,
+            tls_context=ssl_context or mail_tls_context(None),
+            timeout=timeout,
         )
-        with client:
-            if target.username is not None:
-                client.login(target.username, target.password or "")
-            refused = client.send_message(message)
-    except smtplib.SMTPRecipientsRefused as error:
-        codes = [code for code, _ in error.recipients.values()]
+    except aiosmtplib.SMTPRecipientsRefused as error:
+        replies = {
+            refusal.recipient: (refusal.code, refusal.message) for refusal in error.recipients
+        }
         raise MailError(
-            f"{target} refused the recipient ({_replies(error.recipients)})",
-            permanent=all(code >= 500 for code in codes),
-        ) from error
-    except smtplib.SMTPResponseException as error:
+            f"{target} refused the recipient ({_replies(replies)})",
+            permanent=all(code >= 500 for code, _ in replies.values()),
+        ) from None
+    except aiosmtplib.SMTPResponseException as error:
         raise MailError(
-            f"{target} answered {error.smtp_code} {_text(error.smtp_error)}",
-            permanent=error.smtp_code >= 500,
-        ) from error
-    except (smtplib.SMTPException, OSError) as error:
-        # OSError covers refused connections, timeouts, DNS and TLS failures.
-        raise MailError(f"could not send mail via {target}: {error}") from error
+            f"{target} answered {error.code} {_text(error.message)}",
+            permanent=error.code >= 500,
+        ) from None
+    except (aiosmtplib.SMTPException, OSError) as error:
+        # Refused connections, timeouts, DNS and TLS failures, no STARTTLS or AUTH offered.
+        raise MailError(f"could not send mail via {target}: {error}") from None
     if refused:  # some, but not all, recipients were refused
-        raise MailError(f"{target} refused a recipient ({_replies(refused)})")
+        replies = {address: (reply.code, reply.message) for address, reply in refused.items()}
+        raise MailError(f"{target} refused a recipient ({_replies(replies)})")
 
 
-def _replies(refused: dict[str, tuple[int, bytes]]) -> str:
+def _replies(refused: dict[str, tuple[int, str]]) -> str:
     # Servers often echo the address in their reply; keep it out of logs and retry notes.
     return "; ".join(
         f"{code} {_text(reply).replace(address, '<recipient>')}"

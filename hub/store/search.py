@@ -27,6 +27,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,7 +49,7 @@ from sqlalchemy import (
 )
 
 from hub.fhir import jsonio
-from hub.fhir.extract import normalize
+from hub.fhir.extract import MAX_URL, normalize
 from hub.fhir.match import OriginsOf, unrestricted
 from hub.fhir.outcome import bad_request
 from hub.fhir.query import (
@@ -65,6 +66,7 @@ from hub.fhir.query import (
     UriValue,
     Value,
 )
+from hub.fhir.search_params import params_for
 from hub.store.index import DATE, REFERENCE, RESOURCES, STRING, TOKEN, URI
 from hub.store.resources import StoredRow
 from hub.store.sql import Row, Work, execute
@@ -73,6 +75,7 @@ from hub.store.sql import Row, Work, execute
 _NEWEST_FIRST = frozenset({"AuditEvent"})
 _TABLES: dict[str, Table] = {
     "token": TOKEN, "string": STRING, "reference": REFERENCE, "date": DATE, "uri": URI,
+    "phonetic": TOKEN,
 }  # fmt: skip
 
 
@@ -226,7 +229,7 @@ def _clause_condition(
         point = _Range(owner.c.last_updated, None)
         dates = [value for value in clause.values if isinstance(value, DateValue)]
         return or_(*(_date_condition(value, point) for value in dates))
-    row = _TABLES[param.type].alias()
+    row = _TABLES[param.kind].alias()
     first = clause.values[0]
     if isinstance(first, MissingValue):
         present = _has_row(row, owner.c.pk, domain, rtype, param.code)
@@ -292,26 +295,47 @@ def _filters(
     return filters
 
 
+def _sort_value(kind: str, table: Table) -> ColumnElement[Any]:
+    """What one index row of a parameter of `kind` sorts by."""
+    if kind == "date":
+        return table.c.low  # the start of the row's range
+    if kind == "string":
+        return table.c.norm  # case and accents ignored, as string search does
+    if kind == "token":
+        return table.c.code  # the code, whatever its system (text-only rows have none)
+    # A reference as `Type/id` (relative or absolute alike), else its URL.
+    return func.coalesce(table.c.ref_type + "/" + table.c.ref_id, table.c.url)
+
+
 def _sort_keys(query: Query, domain: str) -> list[_SortKey]:
+    """The ORDER BY keys of `query`: its `_sort`, then `pk` (creation order) to break ties.
+
+    A parameter can hold several values (a Patient's names, a Task's codes), so a
+    resource sorts by its lowest value going up (`_sort=family`) and by its highest
+    going down (`_sort=-family`); a resource without a value sorts last either way.
+    """
     keys: list[_SortKey] = []
+    params = params_for(query.resource_type)
     for key in query.sort:
         if key.code == "_id":
             keys.append(_SortKey(RESOURCES.c.id, key.descending, nullable=False))
         elif key.code == "_lastUpdated":
             keys.append(_SortKey(RESOURCES.c.last_updated, key.descending, nullable=False))
         else:
-            # The earliest start of the parameter's values; resources without one sort last.
-            earliest = (
-                select(func.min(DATE.c.low))
+            kind = params[key.code].kind
+            table = _TABLES[kind]
+            extreme = func.max if key.descending else func.min
+            value = (
+                select(extreme(_sort_value(kind, table)))
                 .where(
-                    DATE.c.resource_pk == RESOURCES.c.pk,
-                    DATE.c.domain == domain,
-                    DATE.c.rtype == query.resource_type,
-                    DATE.c.param == key.code,
+                    table.c.resource_pk == RESOURCES.c.pk,
+                    table.c.domain == domain,
+                    table.c.rtype == query.resource_type,
+                    table.c.param == key.code,
                 )
                 .scalar_subquery()
             )
-            keys.append(_SortKey(earliest, key.descending, nullable=True))
+            keys.append(_SortKey(value, key.descending, nullable=True))
     newest_first = query.resource_type in _NEWEST_FIRST
     keys.append(_SortKey(RESOURCES.c.pk, newest_first, nullable=False))
     return keys
@@ -393,6 +417,8 @@ def encode_cursor(query: Query, bounds: Sequence[Any], *, backwards: bool) -> st
 
 _MAX_CURSOR = 4096  # characters: a real cursor holds a few short values
 _MAX_KEY = 2**63 - 1  # `pk` is a BIGINT
+_MAX_TEXT = 2 * MAX_URL  # characters: more than any sortable index value holds
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _bound_fits(kind: str, value: Any) -> bool:
@@ -401,16 +427,27 @@ def _bound_fits(kind: str, value: Any) -> bool:
         return type(value) is int and 0 <= value <= _MAX_KEY
     if kind == "id":
         return isinstance(value, str) and _ID.fullmatch(value) is not None
-    nullable = kind == "date"
     if value is None:
-        return nullable
+        return kind in ("date", "text")
+    if kind == "text":
+        return isinstance(value, str) and len(value) <= _MAX_TEXT and _storable(value)
     return isinstance(value, datetime) and value.tzinfo is None
 
 
+def _storable(text: str) -> bool:
+    """No NUL and no lone surrogate: text that every database can compare with."""
+    return "\x00" not in text and _SURROGATE.search(text) is None
+
+
+_COLUMN_BOUNDS = {"_id": "id", "_lastUpdated": "instant"}
+
+
 def _bound_kinds(query: Query) -> list[str]:
-    """What each sort key of `_sort_keys(query)` holds: `id`, `instant`, `date` (or null), `pk`."""
+    """What each key of `_sort_keys(query)` holds: `id`, `instant`, `pk`, or a `date` or
+    `text` that may be null (a parameter's lowest or highest value, if any)."""
+    params = params_for(query.resource_type)
     kinds = [
-        "id" if key.code == "_id" else "instant" if key.code == "_lastUpdated" else "date"
+        _COLUMN_BOUNDS.get(key.code) or ("date" if params[key.code].kind == "date" else "text")
         for key in query.sort
     ]
     return [*kinds, "pk"]

@@ -27,7 +27,13 @@ from joserfc.jwk import RSAKey
 
 from hub.access.assertion import CLIENT_ASSERTION_TYPE
 from hub.access.keys import SigningKeys
-from hub.access.tokens import issue_access_token
+from hub.access.tokens import (
+    BAD_SIGNATURE,
+    EXPIRED,
+    MALFORMED,
+    NOT_FOR_THIS_DOMAIN,
+    issue_access_token,
+)
 from tests.support.hub import AppKeys, HubServer, hub_settings, running_hub, write_apps_file
 
 # One hub per backend for the module (`module_hub`): keep the module on one xdist worker.
@@ -290,7 +296,19 @@ async def test_fhir_api_refuses_bad_tokens(module_hub: HubServer) -> None:
         "of domain test on other": module_hub.token("xis"),
         "signed by an app": signed(module_hub, claims, kid=json.loads(
             base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"]),
+        "not a JWT": "not-a-jwt",
     }  # fmt: skip
+    # RFC 6750 §3: the challenge says why, in one of a few fixed texts (never the detail).
+    expected = {
+        "tampered claims": BAD_SIGNATURE,
+        "tampered signature": BAD_SIGNATURE,
+        "no signature": BAD_SIGNATURE,
+        "alg none": BAD_SIGNATURE,
+        "expired": EXPIRED,
+        "of domain test on other": NOT_FOR_THIS_DOMAIN,
+        "signed by an app": BAD_SIGNATURE,
+        "not a JWT": MALFORMED,
+    }
     answers: dict[str, httpx.Response] = {}
     async with httpx.AsyncClient() as client:
         for name, token in tokens.items():
@@ -314,10 +332,15 @@ async def test_fhir_api_refuses_bad_tokens(module_hub: HubServer) -> None:
         )
     for name, response in answers.items():
         assert response.status_code == 401, name
-        assert response.headers["www-authenticate"].startswith("Bearer"), name
-        assert response.json()["resourceType"] == "OperationOutcome", name
-    # Every refusal reads the same: no hint which check failed.
-    assert len({response.content for response in answers.values()}) == 1
+        assert response.headers["www-authenticate"] == (
+            f'Bearer realm="koppeltaal", error="invalid_token", '
+            f'error_description="{expected[name]}"'
+        ), name
+        [issue] = response.json()["issue"]
+        assert issue["code"] == "login", name
+        assert issue["diagnostics"].endswith(expected[name]), name
+    # Nothing more than the category: no claim, key id or audience leaks into the answer.
+    assert len({response.content for response in answers.values()}) == len(set(expected.values()))
     assert [response.status_code for response in controls] == [200, 200]
     assert other_domain.status_code == 401
 

@@ -369,3 +369,16 @@ def test_an_empty_type_entry_means_no_rights(tmp_path: Path) -> None:
     loaded = load_matrix(path)
     assert loaded.permission("X", "Task") == Permission()
     assert loaded.smart_scopes("Y", "me", {}) == []
+
+
+def test_performable_is_what_some_role_may_do() -> None:
+    matrix = Matrix(
+        {
+            "a": {"Task": Permission(create=True, read=Scope.OWN), "Patient": Permission()},
+            "b": {"Task": Permission(update=Scope.GRANTED), "Device": Permission(read=Scope.ALL)},
+        }
+    )
+    assert matrix.performable() == {
+        "Task": frozenset({"create", "read", "search", "update"}),
+        "Device": frozenset({"read", "search"}),
+    }  # Patient: listed, but nothing allowed

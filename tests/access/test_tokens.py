@@ -19,6 +19,10 @@ from hub.access.assertion import CLIENT_ASSERTION_TYPE, OAuthError, make_client_
 from hub.access.keys import SigningKeys
 from hub.access.matrix import Matrix, parse_scopes
 from hub.access.tokens import (
+    BAD_SIGNATURE,
+    EXPIRED,
+    MALFORMED,
+    NOT_FOR_THIS_DOMAIN,
     InvalidToken,
     exchange,
     issue_access_token,
@@ -342,3 +346,45 @@ async def test_a_client_id_field_must_name_the_asserted_client(
         "invalid_client",
         "client_id 'module' != epd",
     )
+
+
+def _refusal(token: str, keys: KeySet, **changes: Any) -> InvalidToken:
+    with pytest.raises(InvalidToken) as refused:
+        check(token, keys, **changes)
+    return refused.value
+
+
+def test_each_refusal_says_why_in_one_of_four_texts(hub_keys: SigningKeys, tmp_path: Path) -> None:
+    """RFC 6750 §3 `error_description`: the category only; the detail stays in `reason`."""
+    keys = hub_keys.verification_keys()
+    token = issue(hub_keys)
+    header, payload, signature = token.split(".")
+    stranger = SigningKeys(tmp_path, rsa_bits=2048)
+    stranger.load(NOW)
+    refusals = {
+        "expired": (_refusal(token, keys, now=NOW + timedelta(seconds=900)), EXPIRED),
+        "other domain": (_refusal(token, keys, audience=OTHER_FHIR), NOT_FOR_THIS_DOMAIN),
+        "other issuer": (_refusal(issue(hub_keys, issuer="https://x"), keys), NOT_FOR_THIS_DOMAIN),
+        "tampered": (_refusal(f"{header}.{payload}.{signature[::-1]}", keys), BAD_SIGNATURE),
+        "stranger": (_refusal(issue(hub_keys, key=stranger.current_key()), keys), BAD_SIGNATURE),
+        "other alg": (_refusal(token, keys, algorithm="ES256"), BAD_SIGNATURE),
+        "garbage": (_refusal("a.b", keys), MALFORMED),
+        "no scope": (
+            _refusal(
+                jwt.encode(
+                    {"alg": "RS512", "kid": hub_keys.current_key().kid},
+                    {"iss": ISSUER, "aud": DEMO_FHIR, "exp": int(NOW.timestamp()) + 60},
+                    hub_keys.current_key().key,
+                    ["RS512"],
+                ),
+                keys,
+            ),
+            MALFORMED,
+        ),
+    }
+    for name, (refusal, description) in refusals.items():
+        assert refusal.description == description, name
+        assert refusal.reason not in description, name  # the detail is not in the text
+    # RFC 6750 §3: the text may go in a quoted-string as is (no `"` or `\`, printable ASCII).
+    for description in (EXPIRED, NOT_FOR_THIS_DOMAIN, BAD_SIGNATURE, MALFORMED):
+        assert all(0x20 <= ord(c) <= 0x7E and c not in '"\\' for c in description)

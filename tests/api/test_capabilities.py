@@ -15,8 +15,20 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from tests.api.common import APPS, FHIR_JSON, entries, origins, outcome
+from hub.fhir.bindings import token_codes
+from hub.fhir.search_params import SUPPORTED_TYPES, params_for
+from tests.api.common import (
+    APPS,
+    FHIR_JSON,
+    ROLES,
+    SAMPLES,
+    entries,
+    may_create,
+    origins,
+    outcome,
+)
 from tests.support.hub import HubServer
+from tests.support.schema import problems as schema_problems
 
 # One hub per backend for the module (`module_hub`): keep the module on one xdist worker.
 pytestmark = pytest.mark.xdist_group("test_capabilities")
@@ -46,21 +58,55 @@ async def test_capability_statement_matches_the_server(module_hub: HubServer) ->
     assert smart["extension"] == [{"url": "token", "valueUri": module_hub.token_url()}]
     listed = {resource["type"]: resource for resource in rest["resource"]}
 
+    # Only what some role of the loaded matrix may do: a type no role may touch
+    # (Organization) is left out, and so is each interaction no role may perform.
+    assert set(listed) == {rtype for rtype in SUPPORTED_TYPES if matrix_actions(rtype)}
+    assert "Organization" not in listed
+    for rtype, resource in listed.items():
+        actions = matrix_actions(rtype)
+        expected = {code for code, action in INTERACTION_ACTIONS.items() if action in actions}
+        assert {i["code"] for i in resource["interaction"]} == expected, rtype
+        operations = {op["name"] for op in resource.get("operation", [])}
+        assert operations <= {"status", "resend", "chain-head"}, rtype
+    # No role deletes a Task or changes a Communication or an AuditEvent (authz_matrix.yaml).
+    assert "delete" not in {i["code"] for i in listed["Task"]["interaction"]}
+    for rtype in ("Communication", "AuditEvent"):
+        assert {i["code"] for i in listed[rtype]["interaction"]} == {
+            "read", "vread", "create", "search-type", "history-instance"
+        }  # fmt: skip
+
     async with httpx.AsyncClient(base_url=module_hub.fhir()) as client:
+        for rtype in SUPPORTED_TYPES:
+            interactions = {i["code"] for i in listed.get(rtype, {}).get("interaction", [])}
+            unlisted = [probe for probe in UNLISTED_PROBES if probe[0] not in interactions]
+            creator = next((app for app in APPS if may_create(app, rtype)), None)
+            resource_id = "x"
+            if unlisted and creator is not None:  # probe an existing resource, not a 404
+                sample = SAMPLES[rtype](creator)
+                creator_headers = {"Authorization": f"Bearer {module_hub.token(creator)}"}
+                created = await client.post(f"/{rtype}", json=sample, headers=creator_headers)
+                assert created.status_code == 201, created.text
+                resource_id = created.json()["id"]
+            # An interaction the statement leaves out is refused to every test app.
+            for code, method, path in unlisted:
+                for app in APPS:
+                    headers = {"Authorization": f"Bearer {module_hub.token(app)}"}
+                    body = SAMPLES[rtype](app) | {"id": resource_id} if method != "DELETE" else None
+                    url = path.format(rtype, resource_id)
+                    refused = await client.request(method, url, headers=headers, json=body)
+                    # Nobody can create one (Organization): none exists to change either.
+                    nothing = creator is None and method in ("PUT", "DELETE")
+                    allowed = (403, 404, 405) if nothing else (403, 405)
+                    assert refused.status_code in allowed, (rtype, code, app, refused.text)
         for rtype, resource in listed.items():
-            interactions = {i["code"] for i in resource["interaction"]}
-            assert {"read", "vread", "create", "search-type", "history-instance"} <= interactions
-            # Update and delete are listed exactly where the hub does not answer 405.
-            admin = {"Authorization": f"Bearer {module_hub.token('admin')}"}
-            method_allowed = (await client.delete(f"/{rtype}/x", headers=admin)).status_code != 405
-            assert ({"update", "delete"} <= interactions) == method_allowed, rtype
             reader = next((app for app in APPS if origins(app, rtype, "read")), None)
             if reader is None:
-                # No role may read it (Organization): served, but refused to everyone.
-                assert (await client.get(f"/{rtype}", headers=admin)).status_code == 403
-                continue
+                continue  # a role outside the test apps reads it
             # Every listed parameter, at once, in a strict search: none is refused.
-            params = {p["name"]: VALUES[p["type"]] for p in resource["searchParam"]}
+            params = {
+                p["name"]: sample_value(rtype, p["name"], p["type"])
+                for p in resource["searchParam"]
+            }
             assert "_id" in params
             assert "resource-origin" in params
             headers = {
@@ -75,6 +121,36 @@ async def test_capability_statement_matches_the_server(module_hub: HubServer) ->
         assert (await client.get("/Observation", headers=headers)).status_code == 404
     assert "Observation" not in listed
     assert {"Patient", "Task", "AuditEvent", "Subscription", "Communication"} <= set(listed)
+    assert schema_problems(statement) == []  # the official R4 JSON schema, explicitly
+
+
+def matrix_actions(rtype: str) -> set[str]:
+    """What at least one role of authz_matrix.yaml may do with `rtype` (search follows read)."""
+    actions: set[str] = set()
+    for types in ROLES.values():
+        rights = (types or {}).get(rtype) or {}
+        actions.update(action for action, value in rights.items() if value not in (None, False))
+    return actions
+
+
+# The matrix action each interaction needs.
+INTERACTION_ACTIONS = {
+    "read": "read", "vread": "read", "search-type": "read", "history-instance": "read",
+    "create": "create", "update": "update", "delete": "delete",
+}  # fmt: skip
+# A request per interaction that may be left out, tried when it is.
+UNLISTED_PROBES = (
+    ("create", "POST", "/{}"),
+    ("delete", "DELETE", "/{}/{}"),
+    ("update", "PUT", "/{}/{}"),
+    ("search-type", "GET", "/{}"),
+)
+
+
+def sample_value(rtype: str, code: str, kind: str) -> str:
+    """A valid value of the parameter: a code of its required binding where it has one."""
+    bound = token_codes(params_for(rtype)[code].expression) if kind == "token" else None
+    return bound.codes[0] if bound is not None else VALUES[kind]
 
 
 async def test_smart_discovery_and_jwks(module_hub: HubServer) -> None:

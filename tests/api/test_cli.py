@@ -1,4 +1,4 @@
-"""`hub keys new`, `hub token` and `hub worker`, run as commands (against a running hub).
+"""`hub keys new`, `hub token`, `hub worker` and `hub mail test`, run as commands.
 
 The backend does not matter to these commands, so one hub on SQLite serves.
 """
@@ -9,14 +9,20 @@ import json
 import os
 import shutil
 import signal
+import socket
+import ssl
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trustme
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from examples.mailcatcher import MailCatcher
 from tests.api.common import origin_of
 from tests.support.hub import MATRIX, AppKeys, hub_settings, running_hub, write_apps_file
 
@@ -145,3 +151,106 @@ def test_hub_worker_starts_from_its_flags_and_stops_cleanly(
     assert "worker stopped" in output_text
     assert "Traceback" not in output_text
     assert not (tmp_path / "hub.db.wake").exists()  # its socket, and the directory it was alone in
+
+
+# -- hub mail test ---------------------------------------------------------------------
+
+
+def mail_test(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    return subprocess.run(
+        [str(HUB), "mail", "test", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, **env},
+        check=False,
+    )
+
+
+def test_hub_mail_test_sends_through_starttls_with_a_login(tmp_path: Path) -> None:
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_tls)
+    bundle = tmp_path / "mail-ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+
+    def authenticator(
+        server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        return AuthResult(success=(data.login, data.password) == (b"ops", b"pw"), handled=False)
+
+    with MailCatcher(
+        tls_context=server_tls, require_starttls=True, authenticator=authenticator
+    ) as catcher:
+        url = f"smtp://ops:pw@127.0.0.1:{catcher.port}?starttls=true"
+        sent = mail_test(
+            "--to",
+            "operator@example.nl",
+            HUB_SMTP_URL=url,
+            HUB_CA_BUNDLE=str(bundle),
+            HUB_SMTP_FROM="Hub <hub@example.nl>",
+        )
+        [mail] = catcher.wait_for(1, timeout=10)
+        # Without the CA the server's certificate is not trusted: nothing is sent.
+        untrusted = mail_test("--to", "operator@example.nl", HUB_SMTP_URL=url)
+        refused = mail_test(
+            "--to",
+            "operator@example.nl",
+            "--smtp-url",
+            url.replace(":pw@", ":wrong@"),
+            HUB_CA_BUNDLE=str(bundle),
+        )
+        assert len(catcher.messages) == 1
+
+    assert sent.returncode == 0, sent.stderr
+    assert (
+        sent.stdout.strip()
+        == "sent a test mail to operator@example.nl (From: Hub <hub@example.nl>)"
+    )
+    assert mail.recipients == ("operator@example.nl",)
+    assert mail.message["From"] == "Hub <hub@example.nl>"
+    assert mail.message["Subject"] == "Testbericht / Test message (Koppeltaal Hub)"
+    assert "e-mail to patients arrives" in mail.text
+    for failed, reason in ((untrusted, "CERTIFICATE_VERIFY_FAILED"), (refused, "535")):
+        assert failed.returncode == 1
+        [line] = failed.stderr.splitlines()
+        assert line.startswith("hub: the test mail was not sent: ")
+        assert reason in line
+        assert ":pw@" not in line and "wrong" not in line
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--to", "a@example.nl"), {}, "hub: e-mail is off: set HUB_SMTP_URL"),
+        (("--to", "not an address"), {"HUB_SMTP_URL": "smtp://127.0.0.1:1"}, "e-mail address"),
+        (
+            ("--to", "a@example.nl", "--smtp-url", "smtp://u:hunter2@h?starttls=maybe"),
+            {},
+            "HUB_SMTP_URL",
+        ),
+    ],
+)
+def test_hub_mail_test_refuses_what_it_cannot_use(
+    args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    result = mail_test(*args, **env)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert message in line
+    assert "hunter2" not in line
+
+
+def test_hub_mail_test_says_when_the_server_is_down() -> None:
+    with socket.socket() as reserved:  # bound, never listening: connections are refused
+        reserved.bind(("127.0.0.1", 0))
+        port = reserved.getsockname()[1]
+        result = mail_test(
+            "--to", "a@example.nl", HUB_SMTP_URL=f"submission://u:hunter2@127.0.0.1:{port}"
+        )
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert f"could not send mail via smtp://127.0.0.1:{port}?starttls=true" in line
+    assert "hunter2" not in line

@@ -146,8 +146,9 @@ async def test_the_121st_token_request_in_a_minute_from_one_address_is_refused(
         assert (event["type"]["code"], event["outcome"]) == ("110114", "4")
         assert event["outcomeDesc"].startswith(
             "temporarily_unavailable: rate limited, too many token requests from this address"
+            " (127.0.0.1)"
         )
-        assert event["agent"][0]["network"]["address"] == "127.0.0.1"
+        assert "network" not in event["agent"][0]
 
         limited.clock.advance(0.5)  # one token back
         async with _from() as client:
@@ -288,7 +289,7 @@ async def test_a_flood_of_refused_requests_is_cut_off_and_audited_once(limited: 
         )
         assert "(60 s)" in limit["outcomeDesc"]
         assert "who" not in limit["agent"][0]
-        assert limit["agent"][0]["network"]["address"] == "127.0.0.1"
+        assert "network" not in limit["agent"][0]  # the address is in the description
 
         # The window over, the address is heard (and audited) again.
         limited.clock.advance(60)

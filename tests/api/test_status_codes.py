@@ -68,7 +68,7 @@ CASES = [
     Case("unsupported date prefix", "GET", "/Patient?birthdate=ap2020", 400,
          expression=["birthdate"]),
     Case("bad _count", "GET", "/Patient?_count=many", 400, expression=["_count"]),
-    Case("bad _sort", "GET", "/Patient?_sort=gender", 400, expression=["_sort"]),
+    Case("bad _sort", "GET", "/Patient?_sort=nosuchparameter", 400, expression=["_sort"]),
     Case("bad _total", "GET", "/Patient?_total=maybe", 400, expression=["_total"]),
     Case("bad modifier", "GET", "/Patient?gender:below=male", 400, expression=["gender:below"]),
     Case("forged cursor", "GET", "/Patient?_cursor=abc.def", 400, expression=["_cursor"]),

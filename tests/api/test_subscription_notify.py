@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.audit.trail import RESOURCE_TYPES
 from tests.support.https_receiver import HttpsReceiver, LocalCA
 from tests.support.hub import AppKeys, HubServer
 from tests.support.subscriptions import (
@@ -117,8 +118,15 @@ async def test_the_transmit_audit_event_records_who_what_where_and_why(
     assert destination["network"] == {"address": endpoint, "type": "5"}
     patient, subscriber = event["entity"]
     assert patient["what"] == {"reference": f"Patient/{written.json()['id']}/_history/1"}
+    assert patient["type"] == {"system": RESOURCE_TYPES, "code": "Patient", "display": "Patient"}
     assert subscriber["what"] == {"reference": f"Subscription/{subscription_id}"}
-    assert subscriber["role"] == {"system": OBJECT_ROLE, "code": "9"}
+    assert subscriber["role"] == {"system": OBJECT_ROLE, "code": "9", "display": "Subscriber"}
+    assert subscriber["type"] == {
+        "system": RESOURCE_TYPES,
+        "code": "Subscription",
+        "display": "Subscription",
+    }
+    assert "network" not in source
     assert decoded_query(subscriber) == "Patient?gender=female"
     assert event["source"]["observer"] == {"reference": "Device/koppeltaal-hub"}
     assert extension(event, "trace-id") == "trace-tx"

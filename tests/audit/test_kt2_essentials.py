@@ -92,7 +92,7 @@ def test_every_kind_of_event_the_hub_writes_is_reserved() -> None:
     events = [
         rest_event(
             interaction="read", status=200, outcome_description=None, caller_device="m",
-            client_address=None, entities=[], recorded=now, **common,
+            entities=[], recorded=now, **common,
         ),
         transmit_event(
             success=True, outcome_description=None, source_device="m", destination_device="p",
@@ -100,7 +100,7 @@ def test_every_kind_of_event_the_hub_writes_is_reserved() -> None:
             subscription=("s1", "Task?status=ready"), recorded=now, **common,
         ),
         login_event(
-            success=True, outcome_description=None, client_device="m", client_address=None,
+            success=True, outcome_description=None, client_device="m",
             recorded=now, **common,
         ),
     ]  # fmt: skip

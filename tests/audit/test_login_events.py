@@ -38,7 +38,8 @@ async def test_a_granted_token_is_a_login_of_the_client(shared_hub: HubServer) -
     assert event["subtype"] == [{"system": DCM, "code": "110122", "display": "Login"}]
     assert (event["action"], event["outcome"]) == ("E", "0")
     assert "outcomeDesc" not in event
-    assert _agents(event) == [("Device/xis", "127.0.0.1"), (HUB_DEVICE, None)]
+    # As the reference writes it: no `network` on the requesting application's agent.
+    assert _agents(event) == [("Device/xis", None), (HUB_DEVICE, None)]
     assert event["source"]["observer"] == {"reference": HUB_DEVICE}
 
 
@@ -46,7 +47,7 @@ async def test_a_refused_assertion_is_audited_with_the_claim_but_no_agent(
     shared_hub: HubServer,
 ) -> None:
     ids = TraceHeaders.new()
-    # Signed by xis's key, but claiming to be the admin app: the signature check fails.
+    # Signed by xis's key, but claiming to be the admin app: admin has no key of that kid.
     xis = shared_hub.keys["xis"]
     forged = make_client_assertion(
         xis.private_pem, client_id="admin", token_url=shared_hub.token_url(), kid=xis.kid
@@ -56,11 +57,17 @@ async def test_a_refused_assertion_is_audited_with_the_claim_but_no_agent(
 
     event = await event_of(shared_hub, ids.request_id)
     assert (event["type"]["code"], event["outcome"]) == ("110114", "4")
+    # The client hears the single RFC 6749 `invalid_client`; the trail keeps the reason.
+    assert response.json() == {
+        "error": "invalid_client",
+        "error_description": "client authentication failed",
+    }
     assert event["outcomeDesc"] == (
-        "invalid_client: client authentication failed (assertion claims client_id 'admin')"
+        f"invalid_client: client authentication failed (admin: unknown kid {xis.kid!r})"
+        " [assertion claims client_id 'admin'; from 127.0.0.1]"
     )
-    # The claim is unproven: nobody is named as the agent, the address is kept.
-    assert _agents(event) == [(None, "127.0.0.1"), (HUB_DEVICE, None)]
+    # The claim is unproven: nobody is named as the agent; the address is in the text.
+    assert _agents(event) == [(None, None), (HUB_DEVICE, None)]
     failed = await search_events(shared_hub, {"type": f"{DCM}|110114", "outcome": "4"})
     assert ids.request_id in {
         next(e["valueId"] for e in found["extension"] if e["url"].endswith("/request-id"))

@@ -35,9 +35,7 @@ def assert_refused(
     [None, "Bearer not-a-token", "Basic eGlzOnNlY3JldA=="],
     ids=["no-token", "bad-token", "wrong-scheme"],
 )
-async def test_401_records_the_address_but_no_device(
-    shared_hub: HubServer, authorization: str | None
-) -> None:
+async def test_401_records_no_device(shared_hub: HubServer, authorization: str | None) -> None:
     ids = TraceHeaders.new()
     headers = ids.headers
     if authorization is not None:
@@ -84,6 +82,9 @@ async def test_403(shared_hub: HubServer) -> None:
 
     event = await event_of(shared_hub, ids.request_id)
     assert_refused(event, response, ids, interaction="create", action="C", caller="portal")
+    assert event["outcomeDesc"] == (
+        "Access denied: the role 'Clientportaal' does not allow 'create' on Patient"
+    )
 
 
 async def test_403_on_a_resource_names_it(shared_hub: HubServer) -> None:
@@ -96,7 +97,16 @@ async def test_403_on_a_resource_names_it(shared_hub: HubServer) -> None:
 
     event = await event_of(shared_hub, ids.request_id)
     assert_refused(event, response, ids, interaction="delete", action="D", caller="module")
-    assert whats(event) == [f"Practitioner/{practitioner_id}"]
+    # A delete event names no `what`; the resource asked for is in a detail, and the
+    # refusal names the role, the interaction and the resource.
+    assert whats(event) == [None]
+    assert event["entity"][0]["detail"] == [
+        {"type": "reference", "valueString": f"Practitioner/{practitioner_id}"}
+    ]
+    assert event["outcomeDesc"] == (
+        f"Access denied: the role 'eHealthModule' does not allow 'delete' on "
+        f"Practitioner/{practitioner_id}"
+    )
 
 
 async def test_404_unknown_id(shared_hub: HubServer) -> None:
@@ -205,7 +215,8 @@ async def test_405_update_or_delete_of_an_audit_event(
     event = await event_of(shared_hub, ids.request_id)
     interaction, action = ("update", "U") if method == "PUT" else ("delete", "D")
     assert_refused(event, response, ids, interaction=interaction, action=action, caller=client_id)
-    assert whats(event) == [f"AuditEvent/{target['id']}"]
+    # A delete event names no `what` (Koppeltaal: a deleted resource cannot be referenced).
+    assert whats(event) == [f"AuditEvent/{target['id']}" if method == "PUT" else None]
 
     async with shared_hub.client("auditor") as auditor:
         after = await auditor.get(f"/AuditEvent/{target['id']}")

@@ -21,6 +21,7 @@ from tests.audit.trail import (
     OBJECT_ROLE,
     REQUEST_ID,
     RESOURCE_ORIGIN,
+    RESOURCE_TYPES,
     RESTFUL_INTERACTION,
     TRACE_ID,
     TraceHeaders,
@@ -55,7 +56,9 @@ def assert_rest_event(
         }
     assert extension(event, RESOURCE_ORIGIN)["valueReference"] == {"reference": HUB_DEVICE}
     assert (event["type"]["system"], event["type"]["code"]) == (AUDIT_EVENT_TYPE, "rest")
-    assert event["subtype"] == [{"system": RESTFUL_INTERACTION, "code": interaction}]
+    assert event["subtype"] == [
+        {"system": RESTFUL_INTERACTION, "code": interaction, "display": interaction}
+    ]
     assert event["action"] == action
     assert event["outcome"] == outcome
     if outcome == "0":
@@ -64,7 +67,7 @@ def assert_rest_event(
     requestor, hub = event["agent"]
     assert [(c["system"], c["code"]) for c in requestor["type"]["coding"]] == [(DCM, "110153")]
     assert requestor["requestor"] is True
-    assert requestor["network"]["address"] == "127.0.0.1"
+    assert "network" not in requestor  # as the reference writes it: only a transmit's destination
     if caller is None:
         assert "who" not in requestor
     else:
@@ -75,6 +78,11 @@ def assert_rest_event(
 
     assert event["source"]["site"] == "test-site"
     assert event["source"]["observer"] == {"reference": HUB_DEVICE}
+    # Every entity naming a resource is typed as that resource type.
+    for entity in event.get("entity", []):
+        if "what" in entity:
+            rtype = entity["what"]["reference"].partition("/")[0]
+            assert entity["type"] == {"system": RESOURCE_TYPES, "code": rtype, "display": rtype}
 
 
 def _recorded(event: Mapping[str, Any]) -> datetime:
@@ -158,8 +166,16 @@ async def test_delete(shared_hub: HubServer) -> None:
 
     event = await event_of(shared_hub, ids.request_id)
     assert_rest_event(event, ids, interaction="delete", action="D")
-    # The deletion is itself a version: the one the event names.
-    assert whats(event) == [f"Practitioner/{practitioner_id}/_history/2"]
+    # A deleted resource cannot be referenced: the entity has its type but no `what`; the
+    # deletion's own version is kept in a detail for the auditor who asks which one.
+    assert event["entity"] == [
+        {
+            "type": {"system": RESOURCE_TYPES, "code": "Practitioner", "display": "Practitioner"},
+            "detail": [
+                {"type": "reference", "valueString": f"Practitioner/{practitioner_id}/_history/2"}
+            ],
+        }
+    ]
 
 
 async def test_search_type(shared_hub: HubServer) -> None:
@@ -174,13 +190,15 @@ async def test_search_type(shared_hub: HubServer) -> None:
     event = await event_of(shared_hub, ids.request_id)
     assert_rest_event(event, ids, interaction="search-type", action="E")
     query_entity, *found = event["entity"]
-    assert query_entity["role"]["system"] == OBJECT_ROLE
-    assert query_entity["role"]["code"] == "24"
+    assert query_entity["role"] == {"system": OBJECT_ROLE, "code": "24", "display": "Query"}
+    patient_type = {"system": RESOURCE_TYPES, "code": "Patient", "display": "Patient"}
+    assert query_entity["type"] == patient_type
     assert query_entity["query"] == b64(query)
     assert "what" not in query_entity
     assert [entity["what"]["reference"] for entity in found] == [
         f"Patient/{patient['id']}/_history/1"
     ]
+    assert [entity["type"]["code"] for entity in found] == ["Patient"]
 
 
 async def test_search_by_post_audits_the_form_as_the_query(shared_hub: HubServer) -> None:

@@ -112,12 +112,19 @@ async def test_request_id_and_correlation_id(shared_hub: HubServer, trail: Trail
         ([("entity", "Patient/not-there")], ["not-found"]),
         ([("entity-role", "24")], ["search"]),
         ([("entity-role", "http://terminology.hl7.org/CodeSystem/object-role|24")], ["search"]),
-        ([("entity-type", "2")], ["not-found", "search", "read", "create"]),
+        # The query entity of the search is typed too (the searched type).
+        ([("entity-type", "Patient")], ["not-found", "search", "read", "create"]),
+        (
+            [("entity-type", "http://hl7.org/fhir/resource-types|Patient")],
+            ["not-found", "search", "read", "create"],
+        ),
+        ([("entity-type", "2")], []),
         ([("source", "Device/koppeltaal-hub")], NEWEST_FIRST),
         ([("source", "Device/xis")], []),
         ([("site", "test-site")], NEWEST_FIRST),
         ([("site", "elsewhere")], []),
-        ([("address", "127.0.0.1")], NEWEST_FIRST),
+        # The requesting application's agent carries no `network` (as the reference writes).
+        ([("address", "127.0.0.1")], []),
         ([("address", "10.")], []),
         ([("resource-origin", "Device/koppeltaal-hub")], NEWEST_FIRST),
         ([("resource-origin", "Device/xis")], []),

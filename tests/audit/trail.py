@@ -24,6 +24,7 @@ AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
 HUB_DEVICE = "Device/koppeltaal-hub"
 
 Params = Mapping[str, str] | Sequence[tuple[str, str]]

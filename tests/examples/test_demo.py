@@ -1,9 +1,10 @@
 """`make demo` runs end to end and tells the story of one notification, consistently.
 
 The demo is run as `make demo` runs it (`python -m examples.demo`, a process of its
-own that starts the hub as another); its output must show one chain of ids: the
-XIS's write, the hub's webhook and e-mail caused by it, and the portal's fetch caused
-by the webhook; and, next to the e-mail, the portal's push to the patient's browser.
+own that starts the hub as another), on ports given by its flags; its output must show
+one chain of ids: the XIS's write, the hub's webhook and e-mail caused by it, the
+portal's `receive` AuditEvent and fetch caused by the webhook; and, next to the e-mail,
+the portal's push to the patient's browser.
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ import sys
 import pytest
 
 from tests.support.hub import REPOSITORY
+from tests.support.processes import free_port
 
-pytestmark = [
-    pytest.mark.slow,
-    # The demo portal listens on the port examples/apps.yaml registers for it (8443).
-    pytest.mark.xdist_group("demo-port-8443"),
-]
+pytestmark = [pytest.mark.slow]
 
 
 def field(pattern: str, text: str) -> str:
@@ -36,8 +34,14 @@ def section(title: str, text: str) -> str:
 
 
 def test_make_demo_shows_the_notification_the_mail_the_push_and_the_trace_chain() -> None:
+    # Not 8443, the shipped apps file's port: the demo's hub registers the portal's port.
+    hub_port, portal_port = free_port(), free_port()
+    portal = f"https://127.0.0.1:{portal_port}"
     result = subprocess.run(
-        [sys.executable, "-m", "examples.demo"],
+        [
+            *(sys.executable, "-m", "examples.demo"),
+            *("--hub-port", str(hub_port), "--portal-port", str(portal_port)),
+        ],
         cwd=REPOSITORY,
         capture_output=True,
         text=True,
@@ -47,6 +51,8 @@ def test_make_demo_shows_the_notification_the_mail_the_push_and_the_trace_chain(
     output = result.stdout
     assert result.returncode == 0, f"{output}\n{result.stderr}"
     assert "FAILED" not in result.stderr
+    assert f"\nhub     http://127.0.0.1:{hub_port}  " in output
+    assert f"\nportal  {portal}/  (portal-demo, Subscription/" in output
 
     xis_request = field(r"^   X-Request-Id: (\S+)$", output)
     trace = field(r"^   X-Trace-Id:   (\S+)$", output)
@@ -63,7 +69,7 @@ def test_make_demo_shows_the_notification_the_mail_the_push_and_the_trace_chain(
     mail = section("The e-mail the catcher got", output)
     assert "To: jan.janssen@example.com" in mail
     assert "Subject: Nieuw bericht voor u / New message for you" in mail
-    assert "\n  https://127.0.0.1:8443\n" in mail
+    assert f"\n  {portal}\n" in mail
     assert "Lab results" not in mail and "lab-results" not in mail
 
     # The push to the patient's browser, next to the e-mail: the same words, no content.
@@ -74,7 +80,7 @@ def test_make_demo_shows_the_notification_the_mail_the_push_and_the_trace_chain(
     assert "  Content-Encoding: aes128gcm" in push
     assert f"aud {push_service}, sub mailto:portal-demo@example.com" in push
     assert "  Nieuw bericht voor u / New message for you\n" in push
-    assert "(a click opens https://127.0.0.1:8443/patients/123456782)" in push
+    assert f"(a click opens {portal}/patients/123456782)" in push
     assert "Lab results" not in push and "lab-results" not in push
 
     assert "1 message(s): 'Lab results available', with 1 attachment(s)" in output
@@ -86,13 +92,17 @@ def test_make_demo_shows_the_notification_the_mail_the_push_and_the_trace_chain(
     assert create.endswith(f"X-Request-Id {xis_request}  (patient-notice: new-message)")
     # The hub's two deliveries hang under the write; the portal's fetch under the webhook.
     webhook_line = next(line for line in effects if "transmit webhook" in line)
-    assert webhook_line.startswith("  └─ transmit webhook to https://127.0.0.1:8443/")
+    assert webhook_line.startswith(f"  └─ transmit webhook to {portal}/koppeltaal/notify")
     assert webhook_line.endswith(f"[ok]  X-Request-Id {notification_request}")
     assert any(
         line.startswith("  └─ transmit e-mail to mailto:jan.janssen@example.com  [ok]")
         for line in effects
     )
-    fetch = effects[effects.index(webhook_line) + 1]
+    # Under the webhook: the portal's receipt, posting it, then its fetch.
+    receipt, posted, fetch = effects[effects.index(webhook_line) + 1 :][:3]
+    assert receipt.startswith("     └─ receive, recorded by Device/portal-demo  [ok]  AuditEvent/")
+    assert posted.startswith("     └─ create AuditEvent/")
+    assert "by Device/portal-demo  [ok]" in posted
     assert fetch.startswith("     └─ search-type ?category=melding")
     assert "by Device/portal-demo  [ok]" in fetch
     assert "Done." in output

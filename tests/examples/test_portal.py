@@ -104,6 +104,7 @@ async def test_a_notification_reaches_the_patients_inbox(
                 "/koppeltaal/notify", headers={"Authorization": "Bearer guessed"}
             )
         [transmit] = await audit_events(hub, type="transmit", correlationId="xis-write-1")
+        [receive] = await audit_events(hub, type="receive", traceId="trace-portal-1")
         follow_ups = await audit_events(hub, correlationId=handled.request_id or "-")
 
     # The notification, and the fetch that followed from it under the same trace.
@@ -113,6 +114,20 @@ async def test_a_notification_reaches_the_patients_inbox(
     assert handled.fetched == [f"Communication/{id}/_history/1"]
     assert ("content-length", "0") in handled.headers
     assert handled.request_id == _extension(transmit, "request-id")
+    # The portal recorded the notification's receipt: its ids, the portal alone as agent.
+    assert receive["id"] == handled.receive_event
+    assert receive["type"]["code"] == "receive"
+    assert _extension(receive, "request-id") == handled.request_id
+    assert _extension(receive, "correlation-id") == "xis-write-1"
+    assert [agent["who"] for agent in receive["agent"]] == [{"reference": "Device/portal"}]
+    assert (
+        receive["agent"][0]["network"]["address"] == f"https://127.0.0.1:{port}/koppeltaal/notify"
+    )
+    assert receive["entity"][0]["what"] == {"reference": f"Subscription/{portal.subscription_id}"}
+    # Posting it was a request caused by the notification, like the searches after it.
+    [posted] = [e for e in follow_ups if e["subtype"][0]["code"] == "create"]
+    assert posted["entity"][0]["what"]["reference"].startswith(f"AuditEvent/{receive['id']}/")
+    follow_ups.remove(posted)
     assert sorted(_extension(e, "request-id") for e in follow_ups) == sorted(
         handled.fetch_request_ids
     )

@@ -163,3 +163,25 @@ def test_a_contained_resource_of_no_known_type_is_a_400_not_a_crash(name: Any) -
     assert [
         issue.expression for issue in raised.value.issues if "null" not in issue.diagnostics
     ] == [("Patient.contained[0].contained[0].resourceType",)]
+
+
+def test_bindings_and_json_types_speak_instead_of_the_model_on_their_element() -> None:
+    """What the model coerces or lets through is refused; where it complains too, once."""
+    with pytest.raises(FhirError) as raised:
+        validate(
+            {
+                "resourceType": "Patient",
+                "gender": "xx",
+                "active": "yes",
+                "photo": [{"size": 12.5}],  # the model says "a valid integer" too
+                "name": [{"family": 5}],  # and "a valid string"
+            }
+        )
+    found = sorted((issue.expression[0], issue.code) for issue in raised.value.issues)
+    assert found == [
+        ("Patient.active", "structure"),
+        ("Patient.gender", "code-invalid"),
+        ("Patient.name[0].family", "structure"),
+        ("Patient.photo[0].size", "structure"),
+    ]
+    assert "male, female, other, unknown" in raised.value.text

@@ -115,6 +115,24 @@ def test_result_controls() -> None:
     assert parse_search("Task", [("_summary", "false")]).summary is None
 
 
+def test_sort_on_string_token_and_reference_parameters() -> None:
+    query = parse_search("Patient", [("_sort", "family,-gender,organization,-birthdate")])
+    assert query.sort == (
+        SortKey("family"), SortKey("gender", True), SortKey("organization"),
+        SortKey("birthdate", True),
+    )  # fmt: skip
+    assert parse_search("Task", [("_sort", "-status,_id")]).sort == (
+        SortKey("status", True),
+        SortKey("_id"),
+    )
+
+
+def test_phonetic_values_are_keys_matched_as_codes() -> None:
+    [clause] = parse_search("Patient", [("phonetic", "Meijer,de Jongh")]).clauses
+    assert clause.values == (TokenValue(None, "67"), TokenValue(None, "264"))
+    assert clause.raw == ("Meijer", "de Jongh")
+
+
 def test_lenient_mode_ignores_unknown_parameters_and_modifiers() -> None:
     query = parse_search(
         "Task", [("foo", "1"), ("status:weird", "x"), ("_include", "Task:owner"), ("status", "")]
@@ -176,7 +194,9 @@ def test_parse_criteria() -> None:
         ([("_count", "-1")], "_count"),
         ([("_count", "ten")], "_count"),
         ([("_count", "1"), ("_count", "2")], "_count"),
-        ([("_sort", "status")], "_sort"),
+        ([("_sort", "_profile")], "_sort"),
+        ([("_sort", "phonetic")], "_sort"),
+        ([("_sort", "family:exact")], "_sort"),
         ([("_sort", "_id,-_id")], "_sort"),
         ([("_total", "some")], "_total"),
         ([("_summary", "true")], "_summary"),
@@ -316,3 +336,40 @@ def test_criteria_accept_the_controls_of_the_search_a_subscriber_runs() -> None:
     assert (query.sort, query.count, query.total) == ((SortKey("_lastUpdated", True),), 10, "none")
     assert parse_criteria("Task?status=ready&_summary=false").summary is None
     assert parse_criteria("Task?status=").clauses == ()  # a known name: the empty value is ignored
+
+
+def test_a_token_code_outside_its_required_binding_is_refused_unless_any_code() -> None:
+    for params in (
+        [("status", "compleeted")],
+        [("status", "completed,compleeted")],
+        [("status:not", "compleeted")],
+        [("status", "http://hl7.org/fhir/task-status|compleeted")],
+    ):
+        with pytest.raises(FhirError) as raised:
+            parse_search("Task", params)
+        [issue] = raised.value.issues
+        assert raised.value.status == 400
+        assert issue.code == "code-invalid"
+        assert issue.expression == (params[0][0],)
+        assert "draft, requested, received" in issue.diagnostics
+        assert "handling=lenient" in issue.diagnostics
+    lenient = parse_search("Task", [("status", "compleeted")], any_code=True)
+    assert lenient.clauses[0].values == (TokenValue(None, "compleeted"),)
+    # Every code of the value set; :text, :missing and unbound tokens take anything.
+    for code in ("draft", "completed", "entered-in-error"):
+        parse_search("Task", [("status", code)])
+    parse_search("Task", [("status:text", "compleeted"), ("status:missing", "true")])
+    parse_search("Task", [("identifier", "anything"), ("_id", "x")])
+    # A chain's value is checked against its last parameter.
+    with pytest.raises(FhirError) as chained:
+        parse_search("Task", [("owner:Patient.gender", "f")])
+    assert chained.value.issues[0].expression == ("owner:Patient.gender",)
+
+
+def test_criteria_refuse_a_code_outside_the_binding_without_the_lenient_hint() -> None:
+    with pytest.raises(FhirError) as raised:
+        parse_criteria("Task?status=compleeted")
+    [issue] = raised.value.issues
+    assert issue.code == "code-invalid"
+    assert "lenient" not in issue.diagnostics
+    assert parse_criteria("Subscription?status=active&type=rest-hook").clauses

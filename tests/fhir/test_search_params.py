@@ -56,10 +56,21 @@ def test_r4_parameters_with_the_expression_for_this_type() -> None:
 def test_unevaluable_parameters_are_left_out() -> None:
     for resource_type in SUPPORTED_TYPES:
         codes = set(params_for(resource_type))
-        assert not codes & {"_text", "_content", "_query", "_has", "_list", "phonetic"}
+        assert not codes & {"_text", "_content", "_query", "_has", "_list"}
         assert {"_id", "_lastUpdated", "resource-origin"} <= codes
     assert "context-quantity" not in params_for("ActivityDefinition")  # quantity
     assert "context-type-value" not in params_for("ActivityDefinition")  # composite
+
+
+def test_phonetic_is_a_string_parameter_matched_by_sound() -> None:
+    having = [rtype for rtype in SUPPORTED_TYPES if "phonetic" in params_for(rtype)]
+    assert having == ["Patient", "Organization", "Practitioner", "RelatedPerson"]
+    for resource_type in having:
+        phonetic = params_for(resource_type)["phonetic"]
+        # FHIR (and so the CapabilityStatement) says string; the hub matches it by sound.
+        assert (phonetic.type, phonetic.kind) == ("string", "phonetic")
+        assert phonetic.expression == f"{resource_type}.name"
+    assert params_for("Patient")["family"].kind == "string"
 
 
 def test_koppeltaal_parameters() -> None:

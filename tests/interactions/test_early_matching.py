@@ -46,7 +46,7 @@ def _exchange(tmp_path: Path, database_url: str, app_keys: dict[str, AppKeys]) -
     scopes = role_scopes(access.snapshot, DOMAIN, "xis")
     assert scopes is not None
     runtime = cast(Runtime, _Runtime(access, SubscriptionIndex()))
-    caller = Access(Caller(DOMAIN, "xis", scopes), scopes)
+    caller = Access(Caller(DOMAIN, "xis", scopes), scopes, "epd")
     return Exchange(runtime, DOMAIN, "create", TraceIds.new(), None, "Patient", access=caller)
 
 

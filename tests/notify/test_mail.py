@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +20,11 @@ from hub.notify.mail import (
     MailError,
     NoticeKind,
     PatientNotice,
+    Security,
     compose_invitation,
     compose_new_message_notice,
     decide_patient_notice,
+    mail_tls_context,
     parse_smtp_url,
     send_mail,
 )
@@ -233,36 +237,176 @@ async def test_smtps_refuses_an_untrusted_certificate() -> None:
     assert mailbox.received == []
 
 
+class Logins:
+    """An aiosmtpd authenticator that records every login and accepts one password."""
+
+    def __init__(self, password: bytes) -> None:
+        self.password = password
+        self.seen: list[tuple[bytes, bytes]] = []
+
+    def __call__(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        self.seen.append((data.login, data.password))
+        return AuthResult(success=data.password == self.password, handled=False)
+
+
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def server_tls(authority: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def client_tls(authority: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    authority.configure_trust(context)
+    return context
+
+
+@pytest.mark.parametrize(
+    "scheme", ["smtp://{auth}127.0.0.1:{port}?starttls=true", "submission://{auth}127.0.0.1:{port}"]
+)
+async def test_starttls_then_login_from_the_url(
+    scheme: str,
+    server_tls: ssl.SSLContext,
+    client_tls: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logins = Logins(b"p@ss:word")
+    caplog.set_level(logging.DEBUG)
+    # The server insists on STARTTLS before anything, and on TLS before AUTH (its default).
+    async with smtp_server(tls_context=server_tls, require_starttls=True, authenticator=logins) as (
+        mailbox,
+        port,
+    ):
+        message = compose_new_message_notice(PATIENT, PORTAL, SENDER)
+        url = scheme.format(auth="hub%40example.nl:p%40ss%3Aword@", port=port)
+        await send_mail(url, message, timeout=5, ssl_context=client_tls)
+        with pytest.raises(MailError, match="535") as caught:
+            await send_mail(
+                url.replace("word", "wrong"), message, timeout=5, ssl_context=client_tls
+            )
+    assert logins.seen[0] == (b"hub@example.nl", b"p@ss:word")
+    recipients, received = mailbox.only_message()
+    assert recipients == [PATIENT]
+    assert received["Subject"] == "Nieuw bericht voor u / New message for you"
+    assert caught.value.permanent
+    for secret in ("p@ss", "p%40ss", "pass"):
+        assert secret not in str(caught.value)
+        assert secret not in caplog.text
+
+
+async def test_starttls_required_sends_nothing_to_a_server_without_it() -> None:
+    """No STARTTLS offered: no login and no message in clear, and a retry later."""
+    logins = Logins(b"secret")
+    async with smtp_server(authenticator=logins, auth_require_tls=False) as (mailbox, port):
+        message = compose_new_message_notice(PATIENT, PORTAL, SENDER)
+        with pytest.raises(MailError, match="STARTTLS") as caught:
+            await send_mail(f"submission://user:secret@127.0.0.1:{port}", message, timeout=5)
+    assert not caught.value.permanent
+    assert logins.seen == []
+    assert mailbox.received == []
+
+
+async def test_starttls_refuses_an_untrusted_certificate(server_tls: ssl.SSLContext) -> None:
+    async with smtp_server(tls_context=server_tls, require_starttls=True) as (mailbox, port):
+        message = compose_new_message_notice(PATIENT, PORTAL, SENDER)
+        with pytest.raises(MailError, match="CERTIFICATE_VERIFY_FAILED"):
+            # The default trust (system and certifi) does not know the test's CA.
+            await send_mail(f"smtp://127.0.0.1:{port}?starttls=true", message, timeout=5)
+    assert mailbox.received == []
+
+
+async def test_plain_smtp_stays_plain_when_the_server_offers_starttls(
+    server_tls: ssl.SSLContext,
+) -> None:
+    """`smtp://` is a relay on a trusted network: no surprise upgrade to unverifiable TLS."""
+    async with smtp_server(tls_context=server_tls) as (mailbox, port):
+        message = compose_new_message_notice(PATIENT, PORTAL, SENDER)
+        await send_mail(f"smtp://127.0.0.1:{port}", message, timeout=5)
+    recipients, _ = mailbox.only_message()
+    assert recipients == [PATIENT]
+
+
+async def test_the_hubs_ca_bundle_is_trusted_for_mail(
+    authority: trustme.CA, server_tls: ssl.SSLContext, tmp_path: Path
+) -> None:
+    """The trust the delivery worker uses: system, certifi and HUB_CA_BUNDLE."""
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    assert mail_tls_context(bundle) is mail_tls_context(bundle)  # made once, not per mail
+    async with smtp_server(tls_context=server_tls, require_starttls=True) as (mailbox, port):
+        message = compose_new_message_notice(PATIENT, PORTAL, SENDER)
+        url = f"smtp://127.0.0.1:{port}?starttls=true"
+        await send_mail(url, message, timeout=5, ssl_context=mail_tls_context(bundle))
+        with pytest.raises(MailError, match="CERTIFICATE_VERIFY_FAILED"):
+            await send_mail(url, message, timeout=5, ssl_context=mail_tls_context(None))
+    assert len(mailbox.received) == 1
+
+
 # -- the SMTP URL ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("url", "tls", "port"),
+    ("url", "security", "port"),
     [
-        ("smtp://mail.example.nl", False, 25),
-        ("smtps://mail.example.nl", True, 465),
-        ("smtp://mail.example.nl:2525", False, 2525),
+        ("smtp://mail.example.nl", Security.NONE, 25),
+        ("smtps://mail.example.nl", Security.TLS, 465),
+        ("smtp://mail.example.nl:2525", Security.NONE, 2525),
+        ("submission://mail.example.nl", Security.STARTTLS, 587),
+        ("submission://mail.example.nl:2587/", Security.STARTTLS, 2587),
+        ("smtp://mail.example.nl?starttls=true", Security.STARTTLS, 25),
+        ("smtp://mail.example.nl:587?starttls=TRUE", Security.STARTTLS, 587),
+        ("smtp://mail.example.nl?starttls=false", Security.NONE, 25),
+        ("submission://mail.example.nl?starttls=true", Security.STARTTLS, 587),
     ],
 )
-def test_smtp_urls_and_their_default_ports(url: str, tls: bool, port: int) -> None:
+def test_smtp_urls_and_their_default_ports(url: str, security: Security, port: int) -> None:
     target = parse_smtp_url(url)
-    assert (target.use_tls, target.host, target.port) == (tls, "mail.example.nl", port)
+    assert (target.security, target.host, target.port) == (security, "mail.example.nl", port)
     assert target.username is None
 
 
 def test_the_target_never_shows_its_password() -> None:
-    target = parse_smtp_url("smtp://user:secret@mail.example.nl:587")
+    target = parse_smtp_url("submission://user:secret@mail.example.nl")
     assert (target.username, target.password) == ("user", "secret")
-    assert "secret" not in str(target)
+    assert str(target) == "smtp://mail.example.nl:587?starttls=true"
     assert "secret" not in repr(target)
 
 
 @pytest.mark.parametrize(
-    "url", ["http://mail.example.nl", "smtp://", "smtp://mail.example.nl:port", "mail.example.nl"]
+    ("url", "message"),
+    [
+        ("http://mail.example.nl", "must start with"),
+        ("smtp://", "no host"),
+        ("smtp://mail.example.nl:port", "invalid port"),
+        ("mail.example.nl", "must start with"),
+        ("smtp://mail.example.nl?starttls=yes", "true or false"),
+        ("smtp://mail.example.nl?starttls=true&starttls=false", "true or false"),
+        ("smtp://mail.example.nl?tls=true", "unknown parameter 'tls'"),
+        ("submission://mail.example.nl?starttls=false", "always uses STARTTLS"),
+        ("smtps://mail.example.nl?starttls=true", "does not apply"),
+        ("smtp://mail.example.nl/inbox", "path"),
+    ],
 )
-def test_malformed_smtp_urls_are_refused(url: str) -> None:
-    with pytest.raises(ValueError, match="SMTP URL"):
+def test_malformed_smtp_urls_are_refused(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"SMTP URL.*{message}|{message}"):
         parse_smtp_url(url)
+
+
+async def test_a_malformed_url_is_a_permanent_mail_error_not_a_crash() -> None:
+    message = compose_new_message_notice(PATIENT, PORTAL, SENDER)
+    with pytest.raises(MailError, match="unknown parameter") as caught:
+        await send_mail("smtp://127.0.0.1:1?tls=1", message, timeout=5)
+    assert caught.value.permanent
 
 
 # -- whom to tell ---------------------------------------------------------------------

@@ -10,12 +10,16 @@ with a `transmit` AuditEvent, and retries like a webhook while the mail server i
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from examples.mailcatcher import MailCatcher
 from tests.support.hub import AppKeys
@@ -219,3 +223,41 @@ async def test_a_mail_server_that_is_down_is_retried_until_it_takes_the_mail(
     assert len({extension(event, "request-id") for event in attempts}) == len(attempts)
     assert len({extension(event, "trace-id") for event in attempts}) == 1
     assert rows_after == []
+
+
+# -- a mail server that insists on STARTTLS and a login ---------------------------------
+
+
+async def test_submission_with_starttls_and_login_trusts_the_hubs_ca_bundle(
+    tmp_path: Path, database_url: str, app_keys: dict[str, AppKeys]
+) -> None:
+    """`submission://user:password@host:port`: STARTTLS first, verified against
+    HUB_CA_BUNDLE, then AUTH; the password shows up in no AuditEvent and no row."""
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_tls)
+    bundle = tmp_path / "mail-ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(
+        server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        logins.append((data.login, data.password))
+        return AuthResult(success=data.password == b"s3cret/pw", handled=False)
+
+    with MailCatcher(
+        tls_context=server_tls, require_starttls=True, authenticator=authenticator
+    ) as catcher:
+        smtp_url = f"submission://hub:s3cret%2Fpw@127.0.0.1:{catcher.port}"
+        with mail_hub(tmp_path, database_url, app_keys, smtp_url=smtp_url, ca_bundle=bundle) as hub:
+            request_id = await post(hub, "xis", "/Communication", notification())
+            [mail] = await asyncio.to_thread(catcher.wait_for, 1)
+            [transmit] = await settled_transmits(hub, request_id)
+
+    assert logins == [(b"hub", b"s3cret/pw")]
+    assert mail.recipients == (CONTAINED_EMAIL,)
+    assert mail.message["Subject"] == INVITATION_SUBJECT
+    assert transmit["outcome"] == "0"
+    assert "s3cret" not in json.dumps(transmit)

@@ -74,7 +74,6 @@ def _write(n: int) -> _Write:
         status=201,
         outcome_description=None,
         caller_device="xis",
-        client_address=None,
         hub_device="koppeltaal-hub",
         site="test",
         trace=TraceIds.new(),

@@ -17,7 +17,7 @@ from hub.fhir.outcome import FhirError
 from hub.fhir.query import Query, parse_search
 from hub.store import resources as repository
 from hub.store.db import Database
-from hub.store.search import SearchPage, search
+from hub.store.search import SearchPage, encode_cursor, search
 from hub.store.sql import Work
 from tests.fhir.corpus import (
     CASES,
@@ -291,6 +291,165 @@ async def test_sort_by_id_and_last_updated(database: Database) -> None:
     assert await walk(database, "Task", "_sort=-_lastUpdated", page_size=2) == [
         r["id"] for r in reversed(rows)
     ]
+
+
+def people(families: Sequence[Sequence[str]], **fields: Any) -> list[dict[str, Any]]:
+    """Patients p0, p1, ... in creation order, each with the family names given (or none)."""
+    return [
+        resource(
+            "Patient", f"p{n}", f"2024-01-01T00:00:{n:02}Z", "dev-a",
+            name=[{"family": family} for family in names] or None,
+            **{key: values[n] for key, values in fields.items()},
+        )
+        for n, names in enumerate(families)
+    ]  # fmt: skip
+
+
+async def walk_both_ways(
+    database: Database, resource_type: str, query_string: str, *, page_size: int
+) -> list[str]:
+    """Every page going forwards; then back from the last page, which must give the same pages."""
+    pages: list[SearchPage] = []
+    cursor: str | None = None
+    while True:
+        page = await run(database, query(resource_type, query_string, cursor), page_size=page_size)
+        pages.append(page)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    back = pages[-1]
+    for expected in reversed(pages[:-1]):
+        assert back.previous_cursor is not None
+        back = await run(
+            database, query(resource_type, query_string, back.previous_cursor), page_size=page_size
+        )
+        assert ids(back) == ids(expected)
+    assert back.previous_cursor is None
+    return [id_ for page in pages for id_ in ids(page)]
+
+
+async def test_sort_by_string_lowest_value_up_highest_down(database: Database) -> None:
+    await store(
+        database,
+        people(
+            [
+                ["Visser"],
+                ["Zwart", "Andriessen"],
+                [],
+                ["visser"],
+                ["Émile"],
+                ["Visser"],
+                ["de Boer"],
+            ]
+        ),
+    )
+    # Up, each Patient by its lowest name (p1: Andriessen); case and accents are ignored, so
+    # the three Vissers tie and keep creation order across page boundaries; no name last.
+    up = await walk_both_ways(database, "Patient", "_sort=family", page_size=2)
+    assert up == ["p1", "p6", "p4", "p0", "p3", "p5", "p2"]
+    # Down, each by its highest name (p1: Zwart); ties still in creation order; no name last.
+    down = await walk_both_ways(database, "Patient", "_sort=-family", page_size=2)
+    assert down == ["p1", "p0", "p3", "p5", "p4", "p6", "p2"]
+    # Every page size gives the same order.
+    for size in (1, 3, 7, 8):
+        assert await walk(database, "Patient", "_sort=family", page_size=size) == up
+
+
+async def test_sort_by_token_then_string_and_by_reference(database: Database) -> None:
+    genders = ["male", "female", "male", None, "female"]
+    organizations = [
+        {"reference": "Organization/o2"}, None, {"reference": "Organization/o1"},
+        {"reference": "https://elsewhere.example/fhir/Organization/o0"}, None,
+    ]  # fmt: skip
+    await store(
+        database,
+        people(
+            [["Bakker"], ["Smit"], ["Aalders"], ["Jansen"], ["Mulder"]],
+            gender=genders,
+            managingOrganization=organizations,
+        ),
+    )
+    by_gender = await walk_both_ways(database, "Patient", "_sort=gender,-family", page_size=2)
+    assert by_gender == ["p1", "p4", "p0", "p2", "p3"]
+    by_gender_down = await walk(database, "Patient", "_sort=-gender,family", page_size=2)
+    assert by_gender_down == ["p2", "p0", "p4", "p1", "p3"]
+    # A reference sorts as Type/id, an absolute one included; then none.
+    by_organization = await walk_both_ways(database, "Patient", "_sort=organization", page_size=2)
+    assert by_organization == ["p3", "p2", "p0", "p1", "p4"]
+
+
+async def test_sort_by_a_token_with_several_codes(database: Database) -> None:
+    identifiers = [
+        [{"system": "s", "value": "b"}, {"system": "t", "value": "y"}],
+        [{"system": "s", "value": "c"}],
+        [{"system": "s", "value": "a"}, {"system": "s", "value": "z"}],
+    ]
+    await store(database, people([[], [], []], identifier=identifiers))
+    assert await walk(database, "Patient", "_sort=identifier", page_size=1) == ["p2", "p0", "p1"]
+    assert await walk(database, "Patient", "_sort=-identifier", page_size=1) == ["p2", "p0", "p1"]
+    assert await walk(database, "Patient", "_sort=-identifier,_id", page_size=2) == [
+        "p2", "p0", "p1",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("bound", [12, "x\x00y", "\ud800", "x" * 3000, {"t": "2024-01-01"}])
+async def test_a_cursor_with_a_forged_text_bound_is_a_400(database: Database, bound: Any) -> None:
+    await store(database, people([["Bakker"]]))
+    sorted_query = query("Patient", "_sort=family")
+    forged = encode_cursor(sorted_query, [bound, 1], backwards=False)
+    with pytest.raises(FhirError) as raised:
+        await run(database, query("Patient", "_sort=family", forged))
+    assert raised.value.status == 400
+    # A null bound is a right one: it means "a resource without a name".
+    fine = encode_cursor(sorted_query, [None, 0], backwards=True)
+    assert ids(await run(database, query("Patient", "_sort=family", fine))) == ["p0"]
+
+
+async def test_phonetic_search_agrees_with_matching(database: Database) -> None:
+    names = [["Meijer"], ["Meyer", "van der Berg"], ["Janssen"], [], ["Dijkstra"]]
+    patients = people(names)
+    await store(database, patients)
+    for value, expected in [
+        ("Maier", ["p0", "p1"]), ("Berg", ["p1"]), ("Vanderberg", ["p1"]),
+        ("Jansen,Dykstra", ["p2", "p4"]), ("Bakker", []),
+    ]:  # fmt: skip
+        parsed = query("Patient", f"phonetic={value}")
+        page = await run(database, parsed)
+        matched = [
+            r["id"]
+            for r in patients
+            if matches(parsed, r, extract(r), resolve=lambda t, i: None, readable=only("", None))
+        ]
+        assert (value, sorted(ids(page))) == (value, expected)
+        assert (value, matched) == (value, expected)
+    missing = await run(database, query("Patient", "phonetic:missing=true"))
+    assert ids(missing) == ["p3"]
+
+
+async def test_phonetic_in_a_chain(database: Database) -> None:
+    doctor = resource(
+        "Practitioner", "dr", "2024-01-01T00:00:00Z", "dev-a", name=[{"family": "Claessen"}]
+    )
+    patients = people(
+        [["Bakker"], ["Smit"]], generalPractitioner=[[{"reference": "Practitioner/dr"}], None]
+    )
+    await store(database, [doctor, *patients])
+    targets = {("Practitioner", "dr"): Target(extract(doctor), origin_device(doctor))}
+    for value, expected in [("Klaasen", ["p0"]), ("Bakker", [])]:
+        parsed = query("Patient", f"general-practitioner:Practitioner.phonetic={value}")
+        page = await run(database, parsed)
+        matched = [
+            r["id"]
+            for r in patients
+            if matches(
+                parsed,
+                r,
+                extract(r),
+                resolve=lambda t, i: targets.get((t, i)),
+                readable=lambda _rtype: None,
+            )
+        ]
+        assert (value, ids(page), matched) == (value, expected, expected)
 
 
 async def test_total_none_and_summary_count(database: Database) -> None:
