@@ -39,6 +39,7 @@ from typing import Any
 
 from bench.hubs import (
     DOMAIN,
+    LOGS,
     REPOSITORY,
     Hub,
     access_token,
@@ -75,9 +76,12 @@ class Worker:
 
 
 async def start_worker(env: dict[str, str]) -> Worker:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub.cli", "worker", env=env, cwd=REPOSITORY
-    )
+    # Its log lines (one per delivery at info) go to a file beside the report, not into it.
+    LOGS.mkdir(parents=True, exist_ok=True)
+    with (LOGS / f"hub-worker-{secrets.token_hex(4)}.log").open("ab") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hub.cli", "worker", env=env, cwd=REPOSITORY, stderr=log_file
+        )
     return Worker(process)
 
 
